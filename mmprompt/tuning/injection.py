@@ -1,0 +1,77 @@
+"""The one injection point shared by every backbone.
+
+An attention module that supports prefixes calls :func:`extend_with_prefix` right before the
+attention product, *after* its key/value projections and after its incremental cache was read and
+written. When a prefix provider is attached to the module, P key/value columns are prepended and the
+attention mask is widened so that every query sees every prefix column with zero bias (no position
+bias, never masked). Prefixes therefore never enter a cache, are re-prepended at every decoding step,
+and follow any batch size (beam search expands the batch; the prefix is expanded to match).
+
+OFA's attention (``mmprompt.models.ofa``) calls this directly; transformers' BART-family attention
+reaches it through a registered attention function (``mmprompt.tuning.hf``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+PREFIX_ATTR = "mmprompt_prefix"
+
+
+class PrefixProvider(Protocol):
+    """Returns (key, value) prefixes shaped [B or 1, heads, P, head_dim] for a batch of size B."""
+
+    def __call__(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def attach(module: torch.nn.Module, provider: PrefixProvider | Callable) -> None:
+    """Attach a prefix provider to an attention module (replacing any previous one)."""
+    # object.__setattr__ keeps the provider out of the module's children and state dict.
+    object.__setattr__(module, PREFIX_ATTR, provider)
+
+
+def detach(module: torch.nn.Module) -> None:
+    """Remove the prefix provider from an attention module, if any."""
+    if PREFIX_ATTR in module.__dict__:
+        object.__delattr__(module, PREFIX_ATTR)
+
+
+def provider_of(module: torch.nn.Module) -> PrefixProvider | None:
+    return module.__dict__.get(PREFIX_ATTR)
+
+
+def extend_with_prefix(
+    module: torch.nn.Module,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Prepend the module's prefix key/value columns, if it has a provider.
+
+    ``key``/``value``: [B, heads, Tk, head_dim]. ``attn_mask``: None, an additive float mask
+    (0 = attend, -inf/min = blocked) or a boolean mask (True = attend) whose last dim is Tk and
+    whose leading dims broadcast against [B, heads, Tq]. The returned mask has Tk + P columns, the
+    first P of them open with zero bias.
+    """
+    provider = provider_of(module)
+    if provider is None:
+        return key, value, attn_mask
+    batch = key.shape[0]
+    pk, pv = provider(batch)
+    pk = pk.to(dtype=key.dtype).expand(batch, -1, -1, -1)
+    pv = pv.to(dtype=value.dtype).expand(batch, -1, -1, -1)
+    if pk.shape[1] != key.shape[1] or pk.shape[-1] != key.shape[-1]:
+        raise ValueError(
+            f"prefix shaped {tuple(pk.shape)} does not fit attention keys shaped {tuple(key.shape)} "
+            f"(heads and head_dim must match)"
+        )
+    key = torch.cat([pk, key], dim=2)
+    value = torch.cat([pv, value], dim=2)
+    if attn_mask is not None:
+        n_prefix = pk.shape[2]
+        fill = True if attn_mask.dtype == torch.bool else 0.0
+        attn_mask = F.pad(attn_mask, (n_prefix, 0), value=fill)
+    return key, value, attn_mask

@@ -1,0 +1,46 @@
+"""The package installs from its own files, and environment.yml stays in sync with pyproject.toml."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_environment_yml_installs_the_package_with_its_extras():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    pip_block = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+    assert pip_block == ["-e .[test]"], "environment.yml must install the package itself (pyproject is the source of truth)"
+    conda_names = {re.split(r"[=<>]", d)[0] for d in deps if isinstance(d, str)}
+    assert conda_names == {"python", "pip"}, f"extra conda packages drift from pyproject: {conda_names}"
+
+
+def test_environment_python_satisfies_requires_python():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    py = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    major, minor = map(int, py.split("=")[1].split(".")[:2])
+    floor = _pyproject()["project"]["requires-python"].removeprefix(">=")
+    fmajor, fminor = map(int, floor.split(".")[:2])
+    assert (major, minor) >= (fmajor, fminor)
+
+
+def test_declared_dependencies_cover_the_user_facing_stack():
+    deps = " ".join(_pyproject()["project"]["dependencies"])
+    extras = " ".join(_pyproject()["project"]["optional-dependencies"]["test"])
+    for name in ["torch", "transformers", "jupyterlab", "ipywidgets", "papermill", "matplotlib", "seaborn"]:
+        assert re.search(rf"\b{name}\b", deps), f"{name} missing from [project.dependencies]"
+    assert "nbval" in extras and "pytest" in extras
+
+
+def test_readme_names_the_ci_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = ci.strip().splitlines()[-1].strip()
+    assert command in readme, f"README must show the test command CI runs: {command!r}"
