@@ -1,0 +1,290 @@
+"""Housekeeping for the numbered notebooks in ``notebooks/NN_*.ipynb``.
+
+* ``sync``: (re)writes in every notebook a generated header cell (title + Colab badge) as the
+  first cell and a prev/next navigation cell as the last cell. Idempotent.
+* ``check``: exit 1, with one message per problem, when a notebook has outputs or execution
+  counts, not exactly one ``parameters``-tagged cell, a papermill ``injected-parameters`` cell,
+  no kernelspec, or a stale header/navigation.
+* ``strip``: clears outputs, execution counts and execution metadata in place.
+
+The Colab URL comes from ``[tool.mmprompt]`` in ``pyproject.toml`` (``repository_url``,
+``branch``). A notebook's title is ``metadata.mmprompt.title`` when set, else the title of its
+existing generated header, else derived from the file name (``04_prompt_depth`` ->
+``Prompt depth``); sync stores it in ``metadata.mmprompt.title``. Generated cells are markdown
+cells whose first line is :data:`HEADER_MARKER` or :data:`NAV_MARKER`; edit the title in the
+metadata (or in the header's ``#`` line), not elsewhere.
+
+CLI: ``python -m mmprompt.notebook_tools {sync,check,strip} [--root REPO] [NOTEBOOK ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import re
+import sys
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from mmprompt.runs import atomic_write_text
+
+log = logging.getLogger("mmprompt.notebook_tools")  # same name under `python -m`
+
+HEADER_MARKER = "<!--MMPROMPT-HEADER-->"
+NAV_MARKER = "<!--NAVIGATION-->"
+HEADER_ID = "mmprompt-header"
+NAV_ID = "mmprompt-navigation"
+NOTEBOOK_PATTERN = re.compile(r"^\d{2}_.+\.ipynb$")
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+_STRIP_CELL_METADATA = ("execution", "papermill", "collapsed", "scrolled")
+_STRIP_NB_METADATA = ("papermill", "widgets")
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    """Where the notebooks live on GitHub."""
+
+    owner: str
+    repo: str
+    branch: str
+    notebooks_dir: str = "notebooks"
+
+    def colab_url(self, filename: str) -> str:
+        """Open-in-Colab URL of ``notebooks/<filename>`` on the configured branch."""
+        return (f"https://colab.research.google.com/github/{self.owner}/{self.repo}/blob/"
+                f"{self.branch}/{self.notebooks_dir}/{filename}")
+
+
+def find_repo_root(start: str | Path | None = None) -> Path:
+    """The nearest directory at or above ``start`` (default: cwd) whose pyproject.toml has
+    ``[tool.mmprompt]``."""
+    here = Path(start or Path.cwd()).resolve()
+    for cand in (here, *here.parents):
+        pp = cand / "pyproject.toml"
+        if pp.is_file() and "mmprompt" in tomllib.loads(pp.read_text(encoding="utf-8")).get("tool", {}):
+            return cand
+    raise FileNotFoundError(f"no pyproject.toml with [tool.mmprompt] at or above {str(here)!r}; pass --root")
+
+
+def read_repo_info(root: str | Path) -> RepoInfo:
+    """Parse ``repository_url`` (``https://github.com/<owner>/<repo>``) and ``branch`` from pyproject."""
+    pp = Path(root) / "pyproject.toml"
+    if not pp.is_file():
+        raise FileNotFoundError(f"{str(pp)!r} does not exist")
+    cfg = tomllib.loads(pp.read_text(encoding="utf-8")).get("tool", {}).get("mmprompt", {})
+    url, branch = cfg.get("repository_url"), cfg.get("branch")
+    m = re.fullmatch(r"https://github\.com/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?", str(url or ""))
+    if not m:
+        raise ValueError(f"[tool.mmprompt] repository_url={url!r} in {pp}; allowed: https://github.com/<owner>/<repo>")
+    if not isinstance(branch, str) or not branch.strip():
+        raise ValueError(f"[tool.mmprompt] branch={branch!r} in {pp}; allowed: a non-empty branch name")
+    return RepoInfo(m.group(1), m.group(2), branch.strip())
+
+
+def list_notebooks(root: str | Path) -> list[Path]:
+    """``<root>/notebooks/NN_*.ipynb`` in order."""
+    nb_dir = Path(root) / "notebooks"
+    if not nb_dir.is_dir():
+        return []
+    return sorted(p for p in nb_dir.iterdir() if p.is_file() and NOTEBOOK_PATTERN.match(p.name))
+
+
+def _read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(str(path), as_version=4)
+
+
+def _is_generated(cell: Any, marker: str) -> bool:
+    return cell.cell_type == "markdown" and cell.source.lstrip().startswith(marker)
+
+
+def title_from_filename(path: str | Path) -> str:
+    """``04_prompt_depth.ipynb`` -> ``Prompt depth``."""
+    words = re.sub(r"^\d+_", "", Path(path).stem).replace("_", " ").strip()
+    return words[:1].upper() + words[1:]
+
+
+def notebook_title(nb: nbformat.NotebookNode, path: Path) -> str:
+    """Title from metadata, else from the generated header's ``#`` line, else from the file name."""
+    title = nb.metadata.get("mmprompt", {}).get("title")
+    if isinstance(title, str) and title.strip():
+        return title.strip()
+    for cell in nb.cells:
+        if _is_generated(cell, HEADER_MARKER):
+            m = re.search(r"^#\s+(.+?)\s*$", cell.source, flags=re.MULTILINE)
+            if m:
+                return m.group(1)
+    return title_from_filename(path)
+
+
+def header_source(title: str, filename: str, info: RepoInfo) -> str:
+    """Markdown of the generated header cell."""
+    return f"{HEADER_MARKER}\n# {title}\n\n[![Open In Colab]({COLAB_BADGE})]({info.colab_url(filename)})"
+
+
+def nav_source(prev: tuple[str, str] | None, nxt: tuple[str, str] | None) -> str:
+    """Markdown of the navigation cell; ``prev``/``nxt`` are ``(filename, title)`` or None."""
+    parts = []
+    if prev:
+        parts.append(f"< [{prev[1]}]({prev[0]})")
+    if nxt:
+        parts.append(f"[{nxt[1]}]({nxt[0]}) >")
+    return f"{NAV_MARKER}\n" + (" | ".join(parts) if parts else "(only notebook)")
+
+
+def _generated_cell(cell_id: str, source: str, nb_minor: int) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_markdown_cell(source)
+    if nb_minor >= 5:
+        cell.id = cell_id  # fixed ids keep sync idempotent
+    else:
+        cell.pop("id", None)  # cell ids only exist from nbformat 4.5 on
+    return cell
+
+
+def synced(nb: nbformat.NotebookNode, filename: str, title: str, info: RepoInfo,
+           prev: tuple[str, str] | None, nxt: tuple[str, str] | None) -> nbformat.NotebookNode:
+    """A copy of ``nb`` with fresh header (first) and navigation (last) cells."""
+    out = copy.deepcopy(nb)
+    body = [c for c in out.cells if not (_is_generated(c, HEADER_MARKER) or _is_generated(c, NAV_MARKER))]
+    minor = int(out.get("nbformat_minor", 5))
+    out.cells = [_generated_cell(HEADER_ID, header_source(title, filename, info), minor), *body,
+                 _generated_cell(NAV_ID, nav_source(prev, nxt), minor)]
+    out.metadata.setdefault("mmprompt", {})["title"] = title
+    return out
+
+
+def _expected(paths: Sequence[Path], info: RepoInfo) -> dict[Path, tuple[str, str]]:
+    """``{path: (current text, synced text)}`` for the whole ordered set of notebooks."""
+    nbs = {p: _read(p) for p in paths}
+    titles = {p: notebook_title(nbs[p], p) for p in paths}
+    out = {}
+    for i, p in enumerate(paths):
+        prev = (paths[i - 1].name, titles[paths[i - 1]]) if i > 0 else None
+        nxt = (paths[i + 1].name, titles[paths[i + 1]]) if i + 1 < len(paths) else None
+        new = synced(nbs[p], p.name, titles[p], info, prev, nxt)
+        out[p] = (p.read_text(encoding="utf-8"), nbformat.writes(new) + "\n")
+    return out
+
+
+def sync(root: str | Path) -> list[Path]:
+    """Rewrite header and navigation cells of every ``notebooks/NN_*.ipynb``; returns the changed files."""
+    root = Path(root)
+    info = read_repo_info(root)
+    changed = []
+    for path, (old, new) in _expected(list_notebooks(root), info).items():
+        if old != new:
+            atomic_write_text(path, new)
+            changed.append(path)
+            log.info("synced %s", path.name)
+    return changed
+
+
+def notebook_problems(nb: nbformat.NotebookNode) -> list[str]:
+    """Problems of one notebook that do not depend on its neighbours."""
+    problems = []
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    with_out = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("outputs")]
+    if with_out:
+        problems.append(f"{len(with_out)} code cell(s) have outputs (cells {with_out}); run `strip`")
+    counted = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("execution_count") is not None]
+    if counted:
+        problems.append(f"{len(counted)} code cell(s) have execution counts (cells {counted}); run `strip`")
+    n_params = sum("parameters" in c.get("metadata", {}).get("tags", []) for c in code)
+    if n_params != 1:
+        problems.append(f"{n_params} code cells are tagged 'parameters'; exactly one is required")
+    if any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells):
+        problems.append("has a papermill 'injected-parameters' cell (an executed copy?)")
+    if not nb.metadata.get("kernelspec", {}).get("name"):
+        problems.append("has no metadata.kernelspec (papermill and nbval need it)")
+    return problems
+
+
+def check(root: str | Path) -> dict[Path, list[str]]:
+    """``{notebook: [problems]}`` for every notebook with at least one problem."""
+    root = Path(root)
+    info = read_repo_info(root)
+    paths = list_notebooks(root)
+    expected = _expected(paths, info)
+    report: dict[Path, list[str]] = {}
+    for path in paths:
+        problems = notebook_problems(_read(path))
+        old, new = expected[path]
+        if _read_text_nb(old) != _read_text_nb(new):
+            problems.append("header/navigation cells are missing or stale; run `sync`")
+        if problems:
+            report[path] = problems
+    return report
+
+
+def _read_text_nb(text: str) -> Any:
+    """Normalised content for comparison (ignores JSON formatting differences)."""
+    return nbformat.from_dict(nbformat.reads(text, as_version=4))
+
+
+def strip_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Clear outputs, execution counts and execution metadata (in place; returns ``nb``)."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+        for key in _STRIP_CELL_METADATA:
+            cell.metadata.pop(key, None)
+    for key in _STRIP_NB_METADATA:
+        nb.metadata.pop(key, None)
+    return nb
+
+
+def strip(paths: Sequence[str | Path]) -> list[Path]:
+    """Strip the given notebooks in place; returns the files that changed."""
+    changed = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise FileNotFoundError(f"notebook {str(p)!r} does not exist")
+        old = p.read_text(encoding="utf-8")
+        new = nbformat.writes(strip_notebook(nbformat.reads(old, as_version=4))) + "\n"
+        if new != old:
+            atomic_write_text(p, new)
+            changed.append(p)
+            log.info("stripped %s", p.name)
+    return changed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (1 when ``check`` finds problems, 2 on bad input)."""
+    parser = argparse.ArgumentParser(prog="python -m mmprompt.notebook_tools", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("sync", "check", "strip"))
+    parser.add_argument("paths", nargs="*", type=Path, help="notebooks for `strip` (default: all notebooks/NN_*)")
+    parser.add_argument("--root", type=Path, default=None, help="repository root (default: found from cwd)")
+    args = parser.parse_intermixed_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        root = args.root.resolve() if args.root else find_repo_root()
+        if args.paths and args.command != "strip":
+            raise ValueError(f"`{args.command}` works on all notebooks/NN_*.ipynb together; it takes no paths")
+        if args.command == "sync":
+            changed = sync(root)
+            log.info("sync: %d notebook(s) changed", len(changed))
+        elif args.command == "strip":
+            changed = strip(args.paths or list_notebooks(root))
+            log.info("strip: %d notebook(s) changed", len(changed))
+        else:
+            problems = check(root)
+            for path, msgs in problems.items():
+                for msg in msgs:
+                    log.error("%s: %s", path.relative_to(root), msg)
+            log.info("check: %d notebook(s), %d with problems", len(list_notebooks(root)), len(problems))
+            return 1 if problems else 0
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

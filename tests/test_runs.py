@@ -1,0 +1,260 @@
+"""mmprompt.runs: parameters, run ids, metrics files, papermill execution, sweeps and reports."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from mmprompt import runs
+from mmprompt.runs import RunConfig, int_range, run_id_for, save_metrics, validate_params
+from mmprompt.runs_report import collect_runs, format_cell, markdown_table, write_report
+
+
+def make_notebook(path: Path, body: str, params: str = "x = 1\nprofile = 'ci'\nrun_dir = None") -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    pcell = nbformat.v4.new_code_cell(params)
+    pcell.metadata.tags = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# tiny"), pcell, nbformat.v4.new_code_cell(body)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+GOOD_BODY = """import sys, pathlib
+from mmprompt.runs import save_metrics
+if run_dir:
+    pathlib.Path(run_dir, "exe.txt").write_text(sys.executable)
+save_metrics({"acc": x / 4, "n": 4}, run_dir)
+"""
+
+# ------------------------------------------------------------------ parameters and run ids
+
+
+def test_parse_value_like_papermill():
+    assert [runs.parse_value(v) for v in ("True", "False", "None", "3", "0.5", "1e-3", "cpu")] == [
+        True, False, None, 3, 0.5, 0.001, "cpu"]
+
+
+def test_run_id_is_deterministic_with_profile_first():
+    assert run_id_for({"length": 64, "profile": "cpu"}) == "profile-cpu_length-64"
+    assert run_id_for({"profile": "cpu", "length": 64}) == "profile-cpu_length-64"
+    assert run_id_for({"seed": 1, "lr": 0.001}) == "lr-0.001_seed-1"
+    assert run_id_for({}) == "default"
+
+
+def test_run_id_hashes_lossy_values_so_they_never_collide():
+    a = run_id_for({"model_dir": "/ckpt/ofa-base"})
+    b = run_id_for({"model_dir": "/ckpt_ofa-base"})
+    assert a.startswith("model_dir-ckpt-ofa-base_") and b.startswith("model_dir-ckpt-ofa-base_")
+    assert a != b and len(a.rsplit("_", 1)[1]) == 8
+    assert len(run_id_for({"x": "y" * 500})) <= 110
+
+
+def test_expand_grid_is_the_cartesian_product():
+    grid = runs.expand_grid({"length": [10, 16, 32], "seed": [0, 1]})
+    assert len(grid) == 6
+    assert grid[0] == {"length": 10, "seed": 0} and grid[-1] == {"length": 32, "seed": 1}
+    with pytest.raises(ValueError, match="non-empty list"):
+        runs.expand_grid({"length": []})
+
+
+def test_validate_params_lists_every_bad_parameter_at_once():
+    with pytest.raises(ValueError) as err:
+        validate_params(profile="laptop", seed=-1, task="coco", lr=0.1, depth=3)
+    msg = str(err.value)
+    assert "profile='laptop'" in msg and "'ci', 'cpu', 'gpu'" in msg
+    assert "seed=-1" in msg and ">= 0" in msg
+    assert "task='coco'" in msg and "'refcoco'" in msg
+    assert "lr" not in msg and "depth" not in msg  # valid / unchecked
+    assert validate_params(profile="gpu", seed=0, task="vqa") == {"profile": "gpu", "seed": 0, "task": "vqa"}
+
+
+def test_validate_params_rejects_bool_as_int_and_takes_notebook_rules():
+    with pytest.raises(ValueError, match="seed=True"):
+        validate_params(seed=True)
+    rules = {"depth": int_range(1, 12)}
+    assert validate_params(rules, depth=12)["depth"] == 12
+    with pytest.raises(ValueError, match=r"depth=13 \(allowed: an integer >= 1 and <= 12\)"):
+        validate_params(rules, depth=13, profile="ci")
+
+
+# ------------------------------------------------------------------ metrics files
+
+
+def test_save_metrics_converts_scalars_and_is_silent_without_run_dir(tmp_path):
+    metrics = {"acc": np.float32(0.5), "steps": np.int64(3), "loss": torch.tensor(0.25), "bad": math.nan,
+               "per_task": {"vqa": 0.75}}
+    assert save_metrics(metrics, None) is None
+    path = save_metrics(metrics, tmp_path)
+    assert json.loads(path.read_text()) == {"acc": 0.5, "steps": 3, "loss": 0.25, "bad": None,
+                                            "per_task": {"vqa": 0.75}}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp files left
+    with pytest.raises(FileNotFoundError, match="run_dir"):
+        save_metrics({"a": 1}, tmp_path / "missing")
+    with pytest.raises(ValueError, match="unsupported type"):
+        save_metrics({"a": object()}, tmp_path)
+
+
+def test_notebook_parameters_reads_the_parameters_cell(tmp_path):
+    nb = make_notebook(tmp_path / "nb.ipynb", "pass", params="x = 1\nname: str = 'a'\ny = x * 2\nrun_dir = None")
+    assert runs.notebook_parameters(nb) == {"x": 1, "name": "a", "y": "x * 2", "run_dir": None}
+
+
+def test_bad_requests_fail_before_any_work(tmp_path):
+    nb = make_notebook(tmp_path / "nb.ipynb", GOOD_BODY)
+    cfg = RunConfig(out=tmp_path / "out")
+    with pytest.raises(ValueError, match=r"\['lenght'\] are not declared.*declared: \['profile', 'run_dir', 'x'\]"):
+        runs.run_grid(nb, {"x": [1], "lenght": [3]}, cfg)
+    with pytest.raises(ValueError, match="set by the runner"):
+        runs.execute_run(nb, {"run_dir": "/tmp"}, cfg)
+    with pytest.raises(ValueError, match="profile='laptop'"):
+        runs.execute_run(nb, {"profile": "laptop"}, cfg)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        runs.execute_run(tmp_path / "missing.ipynb", {}, cfg)
+    with pytest.raises(ValueError, match="kernel_name='no-such-kernel'"):
+        runs.execute_run(nb, {}, RunConfig(out=tmp_path / "out", kernel_name="no-such-kernel"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_argument_errors_exit_2(tmp_path):
+    nb = make_notebook(tmp_path / "nb.ipynb", GOOD_BODY)
+    out = ["--out", str(tmp_path / "out")]
+    assert runs.main(["run", str(nb), "-p", "x", "1", "2", *out]) == 2
+    assert runs.main(["sweep", str(nb), "-p", "x", "1", "-p", "x", "2", *out]) == 2
+    assert runs.main(["run", str(nb), "-p", "profile", "cpu", "--profile", "cpu", *out]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ real papermill executions
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One sweep of a throwaway notebook over x in {1, 2} (two kernel starts)."""
+    root = tmp_path_factory.mktemp("runs")
+    nb = make_notebook(root / "nbs" / "tiny.ipynb", GOOD_BODY)
+    out = root / "papermill_runs"
+    code = runs.main(["sweep", str(nb), "-p", "x", "1", "2", "--profile", "cpu", "--out", str(out)])
+    return {"code": code, "nb": nb, "out": out, "root": root}
+
+
+def test_sweep_writes_one_directory_per_grid_point(swept):
+    assert swept["code"] == 0
+    nb_root = swept["out"] / "tiny"
+    assert sorted(p.name for p in nb_root.iterdir()) == ["profile-cpu_x-1", "profile-cpu_x-2"]
+    run = nb_root / "profile-cpu_x-2"
+    assert json.loads((run / "metrics.json").read_text()) == {"acc": 0.5, "n": 4}
+    assert json.loads((run / "parameters.json").read_text()) == {"profile": "cpu", "x": 2}
+    env = json.loads((run / "environment.json").read_text())
+    assert env["packages"]["torch"] == torch.__version__ and env["python"] == sys.version.split()[0]
+    assert json.loads((run / "run.json").read_text())["status"] == "ok"
+    # the kernel ran this interpreter (the venv), not some other python
+    assert Path((run / "exe.txt").read_text()).resolve() == Path(sys.executable).resolve()
+    # the executed notebook's injected run_dir points at its final directory, not the temp one
+    executed = nbformat.read(str(run / "tiny.ipynb"), as_version=4)
+    injected = next(c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert str(run) in injected.source and ".tmp-" not in injected.source
+    assert executed.metadata.papermill.parameters.run_dir == str(run)  # outputs stay as they were
+
+
+def test_rerun_skips_done_runs(swept):
+    run = swept["out"] / "tiny" / "profile-cpu_x-1"
+    before = (run / "tiny.ipynb").stat().st_mtime_ns
+    results = runs.run_grid(swept["nb"], {"profile": ["cpu"], "x": [1]}, RunConfig(out=swept["out"]))
+    assert [r.status for r in results] == ["skipped"]
+    assert (run / "tiny.ipynb").stat().st_mtime_ns == before
+
+
+def test_failing_run_never_overwrites_a_good_run(swept):
+    good = swept["out"] / "tiny" / "profile-cpu_x-1"
+    snapshot = {p.name: p.read_bytes() for p in good.iterdir()}
+    # same stem, same parameters -> same run id; this version raises in its last cell
+    bad_nb = make_notebook(swept["root"] / "broken" / "tiny.ipynb", "y = 2\nraise RuntimeError(f'boom {x}')")
+    code = runs.main(["run", str(bad_nb), "-p", "x", "1", "--profile", "cpu", "--force", "--out", str(swept["out"])])
+    assert code == 1
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == snapshot
+    failed = swept["out"] / "tiny" / "profile-cpu_x-1.failed"
+    error = (failed / "error.txt").read_text()
+    assert "RuntimeError: boom 1" in error and "raise RuntimeError(f'boom {x}')" in error
+    assert "failing cell: index 3" in error  # title, parameters, injected parameters, then the failing cell
+    assert json.loads((failed / "run.json").read_text())["status"] == "failed"
+    executed = nbformat.read(str(failed / "tiny.ipynb"), as_version=4)
+    assert executed.metadata.papermill.parameters.run_dir == str(failed)
+    assert ".tmp-" not in executed.metadata.papermill.output_path
+    assert not [p for p in (swept["out"] / "tiny").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+    # a notebook that finishes without writing metrics.json is a failure too
+    quiet = make_notebook(swept["root"] / "quiet" / "tiny.ipynb", "z = 1")
+    res = runs.execute_run(quiet, {"profile": "cpu", "x": 2}, RunConfig(out=swept["out"], force=True))
+    assert res.status == "failed" and "wrote no metrics.json" in res.error
+    assert json.loads((swept["out"] / "tiny" / "profile-cpu_x-2" / "metrics.json").read_text())["acc"] == 0.5
+
+
+def test_report_tables_the_metrics_of_real_runs(swept):
+    out = swept["root"] / "REPORT.md"
+    assert runs.main(["report", "--root", str(swept["out"]), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## tiny" in text
+    assert "| `profile-cpu_x-1` | cpu | 1 | 0.2500 | 4 |" in text
+    assert "| `profile-cpu_x-2` | cpu | 2 | 0.5000 | 4 |" in text
+    png = swept["root"] / "REPORT_figures" / "tiny__x.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](REPORT_figures/tiny__x.png)" in text
+
+
+# ------------------------------------------------------------------ report without kernels
+
+
+def _fake_run(root: Path, nb: str, params: dict, metrics: dict | None, failed: bool = False) -> Path:
+    rid = run_id_for(params) + (".failed" if failed else "")
+    d = root / nb / rid
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"run_id": run_id_for(params), "status": "failed" if failed else "ok"}))
+    (d / "parameters.json").write_text(json.dumps(params))
+    if metrics is not None:
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    if failed:
+        (d / "error.txt").write_text("failing cell: index 2\nexception: ValueError: bad depth\n")
+    return d
+
+
+def test_report_sorts_rows_numerically_and_plots_each_swept_parameter(tmp_path):
+    root = tmp_path / "papermill_runs"
+    for length in (100, 16, 64):
+        for seed in (0, 1):
+            _fake_run(root, "03_prompt_length", {"profile": "cpu", "length": length, "seed": seed},
+                      {"acc@0.5": length / 200 + seed / 100, "n": 50})
+    _fake_run(root, "04_prompt_depth", {"depth": 2}, {"acc@0.5": 0.5})
+    _fake_run(root, "04_prompt_depth", {"depth": 99}, None, failed=True)
+    (root / "03_prompt_length" / ".tmp-junk").mkdir()  # in-progress temp dirs are ignored
+    path = write_report(root)
+    text = path.read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `profile-cpu_length")]
+    assert [r.split(" | ")[2] for r in rows] == ["16", "16", "64", "64", "100", "100"]
+    assert "| `profile-cpu_length-64_seed-1` | cpu | 64 | 1 | 0.3300 | 50 |" in text
+    assert "- `depth-99`: exception: ValueError: bad depth" in text
+    figs = sorted(p.name for p in (root / "REPORT_figures").iterdir())
+    assert figs == ["03_prompt_length__length.png", "03_prompt_length__seed.png"]
+    assert len(collect_runs(root)["03_prompt_length"]) == 6
+    # rewriting is stable and leaves no temporary files behind
+    assert write_report(root).read_text() == text
+    assert not [p for p in root.rglob(".*") if p.is_file()]
+
+
+def test_format_cell_and_table_escape():
+    assert format_cell(0.123456) == "0.1235" and format_cell(1.382) == "1.3820"
+    assert format_cell(123456.0) == "1.235e+05" and format_cell(None) == "–" and format_cell(3) == "3"
+    rec = runs_report_record("a|b")
+    assert "a\\|b" in markdown_table([rec])
+
+
+def runs_report_record(value):
+    from mmprompt.runs_report import RunRecord
+
+    return RunRecord("nb", "rid", Path("."), "ok", {"p": value}, {"m": 1.0})
