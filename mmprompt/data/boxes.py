@@ -1,0 +1,92 @@
+"""Box quantisation into ``<bin_i>`` tokens and back, and box geometry.
+
+A coordinate ``c`` of an image side of length ``size`` maps to bin ``round(c / size * (num_bins - 1))``
+(round half up, clipped to ``[0, num_bins - 1]``); a bin ``b`` maps back to ``b / (num_bins - 1) * size``.
+The round trip is therefore off by at most half a bin width, ``size / (num_bins - 1) / 2``.
+
+OFA divides by a fixed ``max_image_size`` (512) instead of the actual side; here the normaliser is the side
+the box lives in (the resized ``patch_image_size`` for a square resize), so the full bin range is used.
+Boxes are ``(x0, y0, x1, y1)`` in pixels; ``image_size`` is an int (square) or ``(width, height)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+BIN_RE = re.compile(r"<bin_(\d+)>")
+
+
+def _wh(image_size: int | Sequence[float]) -> tuple[float, float]:
+    if isinstance(image_size, (int, float)):
+        w = h = float(image_size)
+    else:
+        w, h = (float(v) for v in image_size)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image_size={image_size!r}: sides must be positive")
+    return w, h
+
+
+def _check_bins(num_bins: int) -> None:
+    if not isinstance(num_bins, int) or num_bins < 2:
+        raise ValueError(f"num_bins={num_bins!r}: must be an int >= 2")
+
+
+def quantize(coord: float, size: float, num_bins: int) -> int:
+    """The bin of one coordinate (round half up, clipped)."""
+    _check_bins(num_bins)
+    b = math.floor(coord / size * (num_bins - 1) + 0.5)
+    return int(min(max(b, 0), num_bins - 1))
+
+
+def dequantize(bin_index: int, size: float, num_bins: int) -> float:
+    _check_bins(num_bins)
+    return bin_index / (num_bins - 1) * size
+
+
+def box_to_bins(box: Sequence[float], image_size: int | Sequence[float], num_bins: int) -> list[int]:
+    """(x0, y0, x1, y1) pixels -> four bin indices."""
+    if len(box) != 4:
+        raise ValueError(f"box={box!r}: expected four numbers (x0, y0, x1, y1)")
+    w, h = _wh(image_size)
+    return [quantize(box[0], w, num_bins), quantize(box[1], h, num_bins), quantize(box[2], w, num_bins), quantize(box[3], h, num_bins)]
+
+
+def bins_to_box(bins: Sequence[int], image_size: int | Sequence[float], num_bins: int) -> list[float]:
+    """Four bin indices -> (x0, y0, x1, y1) pixels."""
+    if len(bins) != 4:
+        raise ValueError(f"bins={bins!r}: expected four bin indices")
+    w, h = _wh(image_size)
+    return [dequantize(bins[0], w, num_bins), dequantize(bins[1], h, num_bins), dequantize(bins[2], w, num_bins), dequantize(bins[3], h, num_bins)]
+
+
+def bin_tokens(bins: Sequence[int]) -> str:
+    """"<bin_3> <bin_10> <bin_20> <bin_31>"."""
+    return " ".join(f"<bin_{b}>" for b in bins)
+
+
+def box_to_tokens(box: Sequence[float], image_size: int | Sequence[float], num_bins: int) -> str:
+    return bin_tokens(box_to_bins(box, image_size, num_bins))
+
+
+def tokens_to_box(text: str, image_size: int | Sequence[float], num_bins: int) -> list[float] | None:
+    """The box of the first four ``<bin_i>`` tokens in ``text`` (None when there are fewer than four)."""
+    bins = [int(m) for m in BIN_RE.findall(text)][:4]
+    return bins_to_box(bins, image_size, num_bins) if len(bins) == 4 else None
+
+
+def scale_box(box: Sequence[float], from_size: Sequence[float], to_size: int | Sequence[float]) -> list[float]:
+    """Rescale a box from an image of ``from_size`` (w, h) to one of ``to_size`` (square resize)."""
+    fw, fh = _wh(from_size)
+    tw, th = _wh(to_size)
+    return [box[0] * tw / fw, box[1] * th / fh, box[2] * tw / fw, box[3] * th / fh]
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes (0 for empty ones)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

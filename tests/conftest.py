@@ -1,0 +1,20 @@
+"""Shared fixtures (keep minimal; other modules may append their own)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory):
+    """A small generated synthetic dataset (every split capped at 8 rows) with its nano tokenizer."""
+    from mmprompt.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("synthetic") / "ci", "ci", seed=0, max_per_split=8, progress=False)
+
+
+@pytest.fixture(scope="session")
+def nano_tokenizer(tiny_synthetic):
+    from mmprompt.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(tiny_synthetic / "tokenizer")
