@@ -102,3 +102,17 @@ def test_ofa_shallow_prompt_counts_and_runs(nano):
     with torch.no_grad():
         out = model(**inputs, attention_mask=torch.ones(2, 6, dtype=torch.long)).logits
     assert out.shape[:2] == (2, 4)
+
+
+def test_ofa_shallow_prompt_padded_batch_equals_each_sample_alone(nano):
+    """The padding of input_ids must survive the switch to inputs_embeds (no attention to pad tokens)."""
+    model, inputs = nano
+    apply_method(model, ShallowPromptConfig(length=3))
+    model.eval()
+    ids = inputs["input_ids"].clone()
+    ids[1, -2:] = 1  # pad the second sample's last two tokens
+    with torch.no_grad():
+        batched = model(**dict(inputs, input_ids=ids)).logits
+        alone = model(**{k: v[1:] for k, v in dict(inputs, input_ids=ids[:, :-2]).items()}).logits
+    torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=1e-5)
+    remove_method(model)

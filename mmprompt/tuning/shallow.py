@@ -110,8 +110,10 @@ def _encoder_hook(prompt: ShallowPrompt, embed: nn.Module):
         batch, length = embeds.shape[:2]
         soft = prompt.embedding.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
         kwargs["inputs_embeds"] = torch.cat([soft, embeds], dim=1)
-        kwargs["input_ids"] = None
         mask = kwargs.get("attention_mask")
+        if mask is None and ids is not None and embed.padding_idx is not None:
+            mask = ids.ne(embed.padding_idx).long()  # the ids carried the padding; the embeddings will not
+        kwargs["input_ids"] = None
         if mask is not None and mask.dim() == 2 and mask.shape[-1] not in (length, length + prompt.length):
             raise ValueError(
                 f"attention_mask length {mask.shape[-1]} fits neither {length} nor {length + prompt.length}"
