@@ -238,8 +238,10 @@ class Florence2Backbone:
     def default_eval_settings(self, **overrides: Any) -> EvalSettings:
         return default_eval_settings(self.model, **overrides)
 
-    def evaluate(self, dataset: Florence2TaskDataset, settings: EvalSettings | None = None) -> EvalResult:
-        return evaluate_florence2(self.model, dataset, settings)
+    def evaluate(self, dataset: Florence2TaskDataset, settings: EvalSettings | None = None,
+                 model: torch.nn.Module | None = None) -> EvalResult:
+        """Score ``model`` (default: this backbone's) on ``dataset``."""
+        return evaluate_florence2(self.model if model is None else model, dataset, settings)
 
     def enable_checkpointing(self) -> None:
         """Non-reentrant activation checkpointing (works with prefixes)."""

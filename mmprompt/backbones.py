@@ -1,0 +1,111 @@
+"""Backbones: a model together with its tokenizer and the task plumbing the experiment layer needs.
+
+``load_model("ofa-nano")`` loads the shipped nano checkpoint (no network); ``load_model(path)`` loads an
+OFA-Sys-style directory (``config.json`` + weights + tokenizer files) or a Florence-2 directory saved by
+transformers. Both backbone kinds offer the same small interface: ``model``, ``tokenizer``,
+``patch_image_size``, ``make_dataset(task, split_path)``, ``collate``, ``evaluate(dataset, settings)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmprompt.data import TaskDataset, build_ofa_tokenizer, load_tokenizer
+from mmprompt.evaluation import EvalResult, EvalSettings, evaluate
+from mmprompt.models.ofa import OFAConfig, OFAModel
+
+#: Checkpoints shipped in the repository (``data/checkpoints/<name>``), pretrained by ``mmprompt.pretrain``.
+SHIPPED = ("ofa-nano", "ofa-nano-small")
+DEFAULT_BACKBONE = "ofa-nano"
+
+
+def checkpoints_dir() -> Path:
+    """Where shipped checkpoints live: ``$MMPROMPT_CHECKPOINTS`` or this checkout's ``data/checkpoints``."""
+    env = os.environ.get("MMPROMPT_CHECKPOINTS")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+
+
+@dataclass
+class OFABackbone:
+    """An OFA model with its tokenizer."""
+
+    model: OFAModel
+    tokenizer: Any
+    name: str = "ofa"
+    source: str | None = None
+
+    @property
+    def patch_image_size(self) -> int:
+        return self.model.config.patch_image_size
+
+    def make_dataset(self, task: str, split_path: str | os.PathLike, **kwargs: Any) -> TaskDataset:
+        """The task's dataset over an OFA-layout TSV (keyword options of :class:`TaskDataset`)."""
+        return TaskDataset(split_path, task, self.tokenizer, self.patch_image_size, **kwargs)
+
+    def collate(self, samples: list[dict]) -> dict:
+        from mmprompt.data import collate_batch
+
+        return collate_batch(samples)
+
+    def default_eval_settings(self, **overrides: Any) -> EvalSettings:
+        return EvalSettings(**overrides)
+
+    def evaluate(self, dataset: TaskDataset, settings: EvalSettings | None = None,
+                 model: torch.nn.Module | None = None) -> EvalResult:
+        """Score ``model`` (default: this backbone's) on ``dataset``."""
+        return evaluate(self.model if model is None else model, dataset, settings)
+
+
+def _ofa_tokenizer(directory: Path):
+    if (directory / "tokenizer.json").is_file():
+        return load_tokenizer(directory)
+    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        return build_ofa_tokenizer(directory)
+    raise FileNotFoundError(
+        f"model directory {str(directory)!r} has no tokenizer: expected tokenizer.json (mmprompt) or "
+        f"vocab.json + merges.txt (OFA-Sys)"
+    )
+
+
+def _model_type(directory: Path) -> str:
+    config = directory / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"model directory {str(directory)!r} has no config.json")
+    return json.loads(config.read_text(encoding="utf-8")).get("model_type", "ofa")
+
+
+def load_model(name_or_dir: str | os.PathLike = DEFAULT_BACKBONE, *, pretrained: bool = True,
+               device: str | torch.device = "cpu", seed: int = 0):
+    """Load a backbone by shipped name (``ofa-nano``, ``ofa-nano-small``) or from a local directory.
+
+    ``pretrained=False`` builds the same architecture with random weights (seeded) and the same
+    tokenizer — the from-scratch baseline of the transfer study.
+    """
+    name = os.fspath(name_or_dir)
+    directory = checkpoints_dir() / name if name in SHIPPED else Path(name)
+    if not directory.is_dir():
+        hint = f"a shipped name {SHIPPED} or a model directory"
+        raise FileNotFoundError(f"backbone={name!r}: no directory {str(directory)!r} ({hint})")
+    kind = _model_type(directory)
+    if kind == "florence2":
+        if not pretrained:
+            raise ValueError("pretrained=False is only supported for OFA backbones")
+        from mmprompt.models.florence2 import florence2_backbone
+
+        backbone = florence2_backbone(directory)
+        backbone.model.to(device)
+        return backbone
+    if kind != "ofa":
+        raise ValueError(f"backbone={name!r}: config.json model_type={kind!r}; allowed 'ofa' or 'florence2'")
+    tokenizer = _ofa_tokenizer(directory)
+    if pretrained:
+        model = OFAModel.from_pretrained(directory)
+    else:
+        model = OFAModel(OFAConfig.from_json(directory / "config.json"), seed=seed).eval()
+    return OFABackbone(model.to(device), tokenizer, name=Path(name).name, source=str(directory))
