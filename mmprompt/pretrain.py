@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,18 +121,21 @@ def pretrain(cfg: PretrainConfig) -> Path:
     size = model.config.patch_image_size
     val = PretrainDataset(split_path(root, "pretrain", "val"), tok, size)
     evaluate = _val_loss_fn(model, val, cfg.eval_examples, cfg.batch_size)
-    start, history = time.time(), []
+    history, stages = [], []
     for k, (stage, steps) in enumerate(zip(cfg.stages, cfg.stage_steps())):
         ds = PretrainDataset(split_path(root, "pretrain", "train"), tok, size, max_objects=stage.max_objects)
         logger.info("stage %d: max_objects=%d, %d examples, %d steps", k, stage.max_objects, len(ds), steps)
         result = train(model, ds, _stage_config(cfg, k, steps), collate_fn=ds.collater, eval_fn=evaluate)
         load_weights(model, result.last_checkpoint)  # a resumed, already finished stage returns at once
         history += [dict(r, stage=k) for r in result.history]
+        stages.append({"max_objects": stage.max_objects, "examples": len(ds), "steps": result.steps,
+                       "wall_time_s": round(result.wall_time_s, 1), **result.final_metrics})
     model.save_pretrained(out)
     tok.save_pretrained(out)
     record = {
         "config": asdict(cfg), "data": str(root), "parameters": model.num_parameters(),
-        "wall_time_s_this_session": round(time.time() - start, 1),
+        "steps": sum(st["steps"] for st in stages), "wall_time_s": round(sum(st["wall_time_s"] for st in stages), 1),
+        "stages": stages,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch_threads": torch.get_num_threads()},
         "history": history,

@@ -61,3 +61,17 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(first_run, tiny_syn
 def test_bad_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PretrainConfig(**kwargs)
+
+
+def test_model_card_reports_pretraining_zero_shot_and_transfer(first_run, tiny_synthetic):
+    from mmprompt.model_card import transfer_study, write_card, zero_shot
+
+    _, out = first_run
+    zero = zero_shot(out, "ci", data_dir=tiny_synthetic)
+    assert set(zero) == {"refcoco", "snli_ve", "caption", "vqa"}
+    transfer = transfer_study(out, "ci", steps=1, tasks=("snli_ve",), data_dir=tiny_synthetic)
+    runs = [r["run"] for r in transfer["rows"]]
+    assert runs == ["zero-shot", "prefix", "finetune", "finetune (random init)"]
+    card = write_card(out, zero, transfer).read_text()
+    assert "## Pretraining" in card and "stage 1: ≤ 4 objects" in card and "pretrain_loss.png" in card
+    assert f"{100 * zero['vqa']['score']:.1f}" in card and "finetune (random init)" in card
