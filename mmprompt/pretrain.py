@@ -147,10 +147,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 def plot_loss_curve(history: list[dict], path: Path) -> None:
     """Training and validation loss against steps, stage boundaries marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     offset, xs, ys, vx, vy, bounds = 0, [], [], [], [], []
     for stage in sorted({r["stage"] for r in history}):
@@ -162,7 +159,8 @@ def plot_loss_curve(history: list[dict], path: Path) -> None:
                 vx.append(offset + r["step"]); vy.append(r["val_loss"])
         offset += max((r["step"] for r in rows), default=0)
         bounds.append(offset)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(xs, ys, lw=0.8, label="train loss (label-smoothed)")
     ax.plot(vx, vy, "o-", label="val loss")
     for b in bounds[:-1]:
@@ -172,7 +170,6 @@ def plot_loss_curve(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(path)
 
 

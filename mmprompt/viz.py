@@ -1,8 +1,9 @@
-"""Plots used by the notebooks: a scene with its boxes and texts, and a gold box next to a predicted one."""
+"""Plots used by the notebooks: a scene with its boxes and texts, a gold box next to a predicted one, a grid of
+methods' predictions on the same examples, and training curves."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -112,3 +113,151 @@ def draw_grid(examples: Sequence[dict], ncols: int = 4, size: float = 3.0):
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def _prediction_texts(task: str, record, prediction, reference) -> list[str]:
+    """Short lines describing one prediction under its image."""
+    if task == "refcoco":
+        from mmprompt.data import iou
+
+        score = iou(prediction, reference["box"]) if prediction is not None else 0.0
+        return [f'"{record.text}"', f"IoU {float(score):.2f}"]
+    if task == "snli_ve":
+        return [f"hypothesis: {record.hypothesis}", f"gold: {reference} | pred: {prediction}"]
+    if task == "vqa":
+        gold = reference[0] if isinstance(reference, list | tuple) and reference else reference
+        return [f"Q: {record.question}", f"gold: {gold} | pred: {prediction}"]
+    refs = reference if isinstance(reference, list | tuple) else [reference]
+    return [f"pred: {prediction}", f"ref: {refs[0] if refs else ''}"]
+
+
+def prediction_examples(dataset, predictions: Mapping[str, Sequence[dict]], n: int = 4,
+                        start: int = 0) -> list[dict]:
+    """Keyword-argument dicts for :func:`draw_grid` showing ``n`` examples (rows) under every method (columns).
+
+    ``dataset``: the evaluated task dataset (``TaskDataset``); ``predictions``: method label -> the
+    ``predictions`` rows of an evaluation or :class:`~mmprompt.experiment.TuneResult` (row k belongs to
+    dataset item k). Reference expressions get the gold box (green) and the method's box (red, dashed);
+    the other tasks get the input text, gold and predicted answer under the image. Use
+    ``draw_grid(examples, ncols=len(predictions))``.
+    """
+    if not predictions:
+        raise ValueError("predictions: need at least one method's prediction rows")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r}: must be an integer >= 1")
+    available = min(len(rows) for rows in predictions.values())
+    if start < 0 or start + n > available:
+        raise ValueError(f"start={start}, n={n}: only {available} predictions per method are available")
+    task = dataset.task
+    out = []
+    for k in range(start, start + n):
+        record, _ = dataset.record(k)
+        image = dataset[k]["patch_image"]
+        for label, rows in predictions.items():
+            row = rows[k]
+            if row.get("id") != record.uniq_id:
+                raise ValueError(f"predictions[{label!r}][{k}] is {row.get('id')!r} but dataset item {k} is "
+                                 f"{record.uniq_id!r}: pass the rows of an evaluation of this dataset")
+            pred, ref = row["prediction"], row["reference"]
+            example = {"image": image, "texts": _prediction_texts(task, record, pred, ref), "title": label}
+            if task == "refcoco":
+                example.update(boxes=ref["box"], pred_boxes=pred)
+            out.append(example)
+    return out
+
+
+def plot_histories(histories: Mapping[str, Sequence[dict]], key: str = "loss", event: str = "train", ax=None,
+                   *, smooth: int = 1, title: str | None = None):
+    """Training curves: ``key`` of the ``event`` records (``"train"`` losses, ``"eval"`` metrics) of each
+    history (a :class:`~mmprompt.experiment.TuneResult` ``history``) against the step, one line per label,
+    optionally smoothed by a running mean over ``smooth`` records. Returns the Axes."""
+    import matplotlib.pyplot as plt
+
+    if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1:
+        raise ValueError(f"smooth={smooth!r}: must be an integer >= 1")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 3.4))
+    drawn = 0
+    for label, history in histories.items():
+        rows = [r for r in history if r.get("event") == event and r.get(key) is not None]
+        if not rows:
+            continue
+        steps = np.array([r["step"] for r in rows], dtype=float)
+        values = np.array([r[key] for r in rows], dtype=float)
+        if smooth > 1 and len(values) >= smooth:
+            values = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
+            steps = steps[smooth - 1:]
+        ax.plot(steps, values, marker="o" if len(values) < 30 else None, ms=3, label=label)
+        drawn += 1
+    if drawn == 0:
+        raise ValueError(f"no history has {event!r} records with {key!r}; keys seen: "
+                         f"{sorted({k for h in histories.values() for r in h for k in r})}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(key)
+    ax.set_title(title if title is not None else f"{key} ({event})")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return ax
+
+
+def _gold_texts(task: str, record, reference) -> list[str]:
+    """The input text and the gold target of one example."""
+    if task == "refcoco":
+        return [f'"{record.text}"']
+    if task == "snli_ve":
+        return [f"hypothesis: {record.hypothesis}", f"gold: {reference}"]
+    if task == "vqa":
+        gold = reference[0] if isinstance(reference, list | tuple) and reference else reference
+        return [f"Q: {record.question}", f"gold: {gold}"]
+    refs = reference if isinstance(reference, list | tuple) else [reference]
+    return [f"ref: {r}" for r in refs[:2]]
+
+
+def gold_examples(dataset, n: int = 1, start: int = 0) -> list[dict]:
+    """Keyword-argument dicts for :func:`draw_grid`: ``n`` examples of a task dataset with their input text
+    and gold target (reference expressions: the gold box), titled with the task."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r}: must be an integer >= 1")
+    if start < 0 or start + n > len(dataset):
+        raise ValueError(f"start={start}, n={n}: the dataset has {len(dataset)} examples")
+    out = []
+    for k in range(start, start + n):
+        record, _ = dataset.record(k)
+        item = dataset[k]
+        example = {"image": item["patch_image"], "texts": _gold_texts(dataset.task, record, item["ref"]),
+                   "title": dataset.task}
+        if dataset.task == "refcoco":
+            example["boxes"] = item["ref"]["box"]
+        out.append(example)
+    return out
+
+
+def plot_pretrain_history(history: Sequence[dict], ax=None, *, title: str | None = None):
+    """Pretraining curves from a ``pretrain.json`` history (records carry their curriculum ``stage`` and
+    per-stage ``step``): training loss and validation loss against the global step, stage ends dotted.
+    Returns the Axes."""
+    import matplotlib.pyplot as plt
+
+    if not history:
+        raise ValueError("history is empty; expected the 'history' list of a pretrain.json")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 3.6))
+    offset, train, val, ends = 0, [], [], []
+    for stage in sorted({r.get("stage", 0) for r in history}):
+        rows = [r for r in history if r.get("stage", 0) == stage]
+        train += [(offset + r["step"], r["loss"]) for r in rows if r.get("event") == "train" and "loss" in r]
+        val += [(offset + r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+        offset += max((r.get("step", 0) for r in rows), default=0)
+        ends.append(offset)
+    if train:
+        ax.plot(*zip(*train), lw=0.8, label="train loss (label-smoothed)")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss")
+    for end in ends[:-1]:
+        ax.axvline(end, color="grey", ls=":", lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title if title is not None else "Pretraining (curriculum stage ends dotted)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return ax

@@ -72,7 +72,7 @@ NOTEBOOK_01_CASE = WidgetCase(
     output=".mmprompt-explorer-output",
     run_timeout=300.0,
 )
-CASES = [FIXTURE_CASE]  # switch to notebook 01: CASES = [FIXTURE_CASE, NOTEBOOK_01_CASE]
+CASES = [FIXTURE_CASE, NOTEBOOK_01_CASE]
 
 FIXTURE_CODE = [
     """\

@@ -1,0 +1,156 @@
+"""The committed workbook: layout and hygiene of notebooks/NN_*.ipynb, and notebook 04 executed through the
+papermill runner (a good run, and bad ``depth`` values that must fail before any training).
+
+Executing every notebook at the ci profile is nbval's job (``testpaths`` includes ``notebooks/``).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mmprompt import notebook_tools as nt
+from mmprompt import runs
+from mmprompt import workbook as wb
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+EXPECTED = [
+    "00_pretraining", "01_prefix_tuning_explained", "02_tasks", "03_prompt_length", "04_prompt_depth",
+    "05_reparameterization", "06_robustness", "07_efficiency", "08_lightweight_methods", "09_model_scale",
+    "10_paper_reproduction",
+]
+DEPTH_NB = NOTEBOOKS / "04_prompt_depth.ipynb"
+#: Rules a notebook passes to ``wb.validate`` on top of the workbook's.
+RULE_OVERRIDES = {
+    "00_pretraining": {"backbone": runs.one_of("ofa-nano", "ofa-nano-small")},
+    "02_tasks": {"task": wb.optional(runs.one_of(*runs.TASKS))},  # None: all four tasks
+    "03_prompt_length": {"length": wb.optional(runs.int_range(1))},  # None: the profile's grid
+}
+
+
+def _nb(stem: str) -> nbformat.NotebookNode:
+    return nbformat.read(str(NOTEBOOKS / f"{stem}.ipynb"), as_version=4)
+
+
+def _code(nb: nbformat.NotebookNode) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_the_numbered_notebooks_are_all_there():
+    assert [p.stem for p in nt.list_notebooks(REPO)] == EXPECTED
+
+
+def test_committed_notebooks_are_clean_and_their_generated_cells_fresh():
+    """No outputs or execution counts, exactly one parameters cell, a kernelspec, and header, navigation
+    and setup cells as `notebook_tools sync` writes them."""
+    assert nt.check(REPO) == {}
+
+
+@pytest.mark.parametrize("stem", EXPECTED)
+def test_notebook_layout(stem):
+    nb = _nb(stem)
+    info = nt.read_repo_info(REPO)
+    cells = nb.cells
+    assert nb.metadata.kernelspec.name == "python3"
+    assert cells[0].source.startswith(nt.HEADER_MARKER) and cells[-1].source.startswith(nt.NAV_MARKER)
+    # no hand-written title: the only level-1 heading is the generated one
+    titles = [c for c in cells[1:] if c.cell_type == "markdown" and re.search(r"^# ", c.source, re.MULTILINE)]
+    assert titles == []
+    code = _code(nb)
+    kinds = ["params" if "parameters" in c.metadata.get("tags", []) else
+             "setup" if c.source.startswith(nt.SETUP_MARKER) else "code" for c in code]
+    # parameters, then the generated Colab setup cell, then imports + validation: before anything else runs
+    assert kinds[:3] == ["params", "setup", "code"], kinds
+    assert code[1].source == nt.setup_source(info) and info.clone_url in code[1].source
+    assert "wb.validate(" in code[2].source
+    assert "save_metrics(metrics, run_dir)" in code[-1].source
+
+
+@pytest.mark.parametrize("stem", EXPECTED)
+def test_parameters_cell_defaults(stem):
+    defaults = runs.notebook_parameters(NOTEBOOKS / f"{stem}.ipynb")
+    assert defaults["profile"] == "ci" and defaults["seed"] == 0 and defaults["run_dir"] is None
+    assert defaults["backbone"] == "ofa-nano" and defaults["model_dir"] is None and defaults["data_dir"] is None
+    if stem not in ("00_pretraining", "10_paper_reproduction"):
+        assert "task" in defaults
+    wb.validate(RULE_OVERRIDES.get(stem, {}), **defaults)  # the rules the notebook validates with accept them
+
+
+@pytest.mark.parametrize("stem", EXPECTED)
+def test_notebooks_hold_no_library_code(stem):
+    """Narrative, parameters, calls and plots only: functions and classes belong in mmprompt/."""
+    for cell in _code(_nb(stem)):
+        tree = ast.parse(cell.source)
+        defined = [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+        assert defined == [], (stem, defined)
+
+
+def test_notebook_01_explorer_has_the_classes_the_browser_test_uses():
+    source = "\n".join(c.source for c in _code(_nb("01_prefix_tuning_explained")))
+    assert "prefix_explorer(" in source and "display(explorer)" in source
+
+
+def test_sync_fills_the_setup_cell_from_pyproject(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.mmprompt]\nrepository_url = "https://github.com/me/fork"\n'
+                                             'branch = "dev"\n')
+    (tmp_path / "notebooks").mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("profile = 'ci'")
+    params.metadata.tags = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(nt.SETUP_MARKER + " stale"), nbformat.v4.new_code_cell("x = 1")]
+    path = tmp_path / "notebooks" / "00_demo.ipynb"
+    nbformat.write(nb, str(path))
+    assert list(nt.check(tmp_path)) == [path]
+    nt.sync(tmp_path)
+    assert nt.check(tmp_path) == {}
+    setup = nbformat.read(str(path), as_version=4).cells[2].source
+    assert '"https://github.com/me/fork.git"' in setup and '"--branch", "dev"' in setup
+    assert 'if "google.colab" in sys.modules:' in setup
+    compile(setup, "setup", "exec")
+    assert nbformat.read(str(path), as_version=4).cells[3].source == "x = 1"  # other cells untouched
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def _run(tmp_path: Path, depth) -> runs.RunResult:
+    config = runs.RunConfig(out=tmp_path / "out", progress_bar=False)
+    return runs.execute_run(DEPTH_NB, {"depth": depth}, config)
+
+
+@pytest.mark.slow
+def test_depth_6_runs_through_the_runner_cli(tmp_path):
+    """`python -m mmprompt.runs run notebooks/04_prompt_depth.ipynb -p depth 6` (papermill underneath)."""
+    out = tmp_path / "out"
+    assert runs.main(["run", str(DEPTH_NB), "-p", "depth", "6", "--out", str(out)]) == 0
+    run_dir = out / "04_prompt_depth" / "depth-6"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["depth"] == 6 and metrics["profile"] == "ci" and metrics["task"] == "refcoco"
+    assert metrics["trainable"] == 64 * 12 * 2 * 128  # depth 6 = every layer of ofa-nano (6 + 6, d = 128)
+    assert set(metrics["results"]["refcoco"]) >= {"zero-shot", "encoder only", "decoder only", "encoder+decoder",
+                                                 "bottom6", "top6"}
+    assert metrics["heldout_loss"]["encoder+decoder"] < metrics["heldout_loss"]["zero-shot"]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "ok"
+    assert not (out / "04_prompt_depth" / "depth-6.failed").exists()
+
+
+@pytest.mark.parametrize(("depth", "allowed", "cell_marker"), [
+    (0, "an integer >= 1", "checked = wb.validate("),  # rejected by the parameter rules, before the model loads
+    (13, "an integer >= 1 and <= 6", "int_range(1, min(n_enc, n_dec))"),  # rejected once the depth is known
+])
+def test_bad_depth_fails_before_any_training_and_leaves_no_good_run(tmp_path, depth, allowed, cell_marker):
+    result = _run(tmp_path, depth)
+    assert result.status == "failed"
+    error = (result.path / "error.txt").read_text()
+    assert "ValueError" in error and f"depth={depth}" in error and allowed in error
+    failing_source = error.split("--- cell source ---", 1)[1].split("--- traceback ---", 1)[0]
+    assert cell_marker in failing_source and "tune(" not in failing_source
+    nb_dir = tmp_path / "out" / "04_prompt_depth"
+    assert result.path == nb_dir / f"depth-{depth}.failed"
+    assert not (nb_dir / f"depth-{depth}").exists()
+    assert not (result.path / "metrics.json").exists()
