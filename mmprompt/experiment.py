@@ -7,15 +7,22 @@
 
 ``tune`` never changes ``backbone.model``: it works on a copy, applies the method, trains it with the one
 training loop (best validation checkpoint restored), and scores the validation and test splits.
+
+With ``profile="gpu"`` the recipe depends on the task, the method and the model size
+(:func:`mmprompt.profiles.resolve_profile`): the paper's learning rates, batch sizes (gradient accumulation
+up to the effective batch), epochs, label smoothing, warmup, EMA, image resolution, beam size and prompt
+length, bf16 autocast, TF32 and DataLoader workers; ``recipe`` overrides any of it. Under ``torchrun`` the
+training is data-parallel and every evaluation is sharded across the ranks
+(:mod:`mmprompt.distributed_eval`): all ranks return the same result, and only rank 0 writes files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +31,11 @@ from typing import Any
 import torch
 
 from mmprompt.data import ensure_synthetic, split_path
+from mmprompt.distributed_eval import evaluate_sharded, shared_tempdir
 from mmprompt.evaluation import MAIN_METRIC, EvalResult
-from mmprompt.profiles import SPLITS, TASKS, Profile, get_profile
+from mmprompt.profiles import SPLITS, TASKS, Profile, get_profile, resolve_profile
 from mmprompt.train import TrainConfig, train
+from mmprompt.training.distributed import init_distributed
 from mmprompt.tuning import (
     AdapterConfig,
     BitFitConfig,
@@ -117,21 +126,84 @@ def _check_task(task: str) -> None:
 
 
 def _train_config(profile: Profile, name: str, lr: float | None, seed: int, out_dir: Path | None,
-                  metric: str, progress: bool) -> TrainConfig:
+                  metric: str, progress: bool, world_size: int = 1) -> TrainConfig:
     return TrainConfig(
         lr=lr if lr is not None else profile.lr_for(name), max_steps=profile.steps, epochs=profile.epochs,
-        batch_size=profile.batch_size, eval_every=profile.eval_every, metric=metric, mode="max", seed=seed,
-        out_dir=out_dir, restore_best=profile.eval_every is not None, amp=profile.amp,
-        device=profile.device, progress=progress, log_every=max(1, (profile.steps or 100) // 20),
+        batch_size=profile.batch_size, grad_accum=profile.grad_accum(world_size), eval_every=profile.eval_every,
+        metric=metric, mode="max", seed=seed, out_dir=out_dir, restore_best=profile.eval_every is not None,
+        amp=profile.amp, device=profile.device, progress=progress, log_every=max(1, (profile.steps or 100) // 20),
+        label_smoothing=profile.label_smoothing, warmup_ratio=profile.warmup_ratio,
+        warmup_steps=profile.warmup_steps, ema_decay=profile.ema_decay, num_workers=profile.num_workers,
+        # OFA's image-code embeddings (and a backbone's other unused parts) get no gradient: DDP must know
+        find_unused_parameters=world_size > 1,
     )
+
+
+def _dataset(backbone, task: str, path: Path, profile: Profile, **kwargs: Any):
+    """``backbone.make_dataset``, at the profile's image resolution when it sets one (OFA backbones)."""
+    from mmprompt.backbones import OFABackbone
+    from mmprompt.data import TaskDataset
+
+    if profile.image_size is not None and isinstance(backbone, OFABackbone):
+        return TaskDataset(path, task, backbone.tokenizer, profile.image_size, **kwargs)
+    return backbone.make_dataset(task, path, **kwargs)
+
+
+def _amp(profile: Profile) -> torch.dtype | None:
+    """The autocast dtype of evaluation: the profile's AMP on CUDA, none elsewhere."""
+    if not (str(profile.device).startswith("cuda") and torch.cuda.is_available()):
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(profile.amp)
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    """Allow TF32 matmuls and convolutions on CUDA while the block runs (the flags are restored after)."""
+    if not (enabled and torch.cuda.is_available()):
+        yield
+        return
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def model_size(backbone) -> str | None:
+    """The OFA size (``tiny`` … ``huge``) whose shape the backbone has, else None (nano, Florence-2)."""
+    from mmprompt.models.ofa.config import PRESETS, REAL_PRESETS
+
+    cfg = getattr(backbone.model, "config", None)
+    shape = tuple(getattr(cfg, k, None) for k in ("d_model", "encoder_layers", "decoder_layers"))
+    for name in REAL_PRESETS:
+        if shape == tuple(PRESETS[name][k] for k in ("d_model", "encoder_layers", "decoder_layers")):
+            return name.removeprefix("ofa-")
+    return None
+
+
+def _named_config(name: str, config: object, profile: Profile) -> object:
+    """A method given by name takes the profile's prompt length / finetuning embedding freeze."""
+    if name in ("prefix", "shallow"):
+        return dataclasses.replace(config, length=profile.prompt_length)
+    if name == "finetune":
+        return dataclasses.replace(config, freeze_token_embeddings=profile.freeze_token_embeddings)
+    return config
+
+
+def _eval_settings(backbone, profile: Profile):
+    extra = {"batch_size": profile.eval_batch_size} if profile.eval_batch_size is not None else {}
+    return backbone.default_eval_settings(beam_size=profile.beam_size, max_examples=profile.eval_examples,
+                                          progress=False, device=profile.device, **extra)
 
 
 def evaluate_splits(backbone, model: torch.nn.Module, task: str, data: Path, profile: Profile,
                     splits: tuple[str, ...]) -> dict[str, EvalResult]:
-    """Score ``model`` on each split of ``task`` with the profile's decoding settings."""
-    settings = backbone.default_eval_settings(beam_size=profile.beam_size, max_examples=profile.eval_examples,
-                                              progress=False, device=profile.device)
-    return {s: backbone.evaluate(backbone.make_dataset(task, split_path(data, task, s)), settings, model=model)
+    """Score ``model`` on each split of ``task`` with the profile's decoding settings (sharded across the
+    ranks under data parallelism)."""
+    settings = _eval_settings(backbone, profile)
+    return {s: evaluate_sharded(backbone, model, _dataset(backbone, task, split_path(data, task, s), profile),
+                                settings, amp=_amp(profile))
             for s in splits}
 
 
@@ -139,19 +211,38 @@ def tune(backbone, task: str, method: str | object = "prefix", *, profile: str =
          data_dir: str | os.PathLike | None = None, seed: int = 0, steps: int | None = None,
          lr: float | None = None, batch_size: int | None = None, eval_examples: int | None = None,
          test_splits: bool = True, out_dir: str | os.PathLike | None = None, keep_model: bool = False,
-         progress: bool = True) -> TuneResult:
+         progress: bool = True, recipe: dict[str, Any] | None = None) -> TuneResult:
     """Tune a copy of ``backbone.model`` on ``task`` with ``method`` and score it.
 
     ``method``: a name from :data:`METHODS` or a config (e.g. ``PrefixConfig(length=16, depth=3)``).
-    ``steps``/``batch_size``/``eval_examples`` override the profile; ``lr`` the profile's rate for the
-    method family. With ``keep_model`` the tuned model is returned in the result.
+    ``steps``/``batch_size`` (per process)/``eval_examples`` override the profile; ``lr`` the profile's rate
+    for the method family; ``recipe`` any other :class:`~mmprompt.profiles.Profile` field (e.g.
+    ``{"epochs": 50, "effective_batch_size": 256, "image_size": 384, "ema_decay": None}``; None sets None).
+    With ``keep_model`` the tuned model is returned in the result.
     """
     _check_task(task)
     name, config = resolve_method(method)
-    prof = get_profile(profile, steps=steps, batch_size=batch_size, eval_examples=eval_examples)
+    if recipe is not None and not isinstance(recipe, dict):
+        raise ValueError(f"recipe={recipe!r}: must be None or a dict of profile fields")
+    given = {k: v for k, v in dict(steps=steps, batch_size=batch_size, eval_examples=eval_examples).items()
+             if v is not None}
+    both = sorted(set(given) & set(recipe or {}))
+    if both:
+        raise ValueError(f"{both} given both as keyword and in recipe={recipe!r}; give each once")
+    prof = resolve_profile(profile, task, name, model_size(backbone), **given, **(recipe or {}))
+    if isinstance(method, str) and config is not None:
+        config = _named_config(name, config, prof)
     if lr is not None and not lr > 0:
         raise ValueError(f"lr={lr!r}: must be > 0")
     data = resolve_data(prof, data_dir)
+    world = init_distributed(str(prof.device).startswith("cuda") and torch.cuda.is_available()).world_size
+    with _tf32(prof.tf32):
+        return _tune(backbone, task, name, config, prof, data, seed, lr, test_splits, out_dir, keep_model, progress,
+                     world)
+
+
+def _tune(backbone, task: str, name: str, config: object | None, prof: Profile, data: Path, seed: int,
+          lr: float | None, test_splits: bool, out_dir, keep_model: bool, progress: bool, world: int) -> TuneResult:
     val_split, tests = SPLITS[task]
     torch.manual_seed(seed)
     model = copy.deepcopy(backbone.model)
@@ -160,21 +251,25 @@ def tune(backbone, task: str, method: str | object = "prefix", *, profile: str =
     counts = count_parameters(model) if config is not None else {"trainable": 0, "total": _n_params(model)}
     start, history, n_steps = time.time(), [], 0
     if config is not None:
-        train_ds = backbone.make_dataset(task, split_path(data, task, "train"), expand_refs=task == "caption")
-        val_ds = backbone.make_dataset(task, split_path(data, task, val_split))
-        settings = backbone.default_eval_settings(beam_size=prof.beam_size, max_examples=prof.eval_examples,
-                                                  progress=False, device=prof.device)
+        train_ds = _dataset(backbone, task, split_path(data, task, "train"), prof, expand_refs=task == "caption")
+        val_ds = _dataset(backbone, task, split_path(data, task, val_split), prof)
+        settings = _eval_settings(backbone, prof)
         metric = MAIN_METRIC[task]
 
         def eval_fn(m: torch.nn.Module) -> dict[str, float]:
-            return {metric: backbone.evaluate(val_ds, settings, model=m).score}
+            return {metric: evaluate_sharded(backbone, m, val_ds, settings, amp=_amp(prof)).score}
 
-        with tempfile.TemporaryDirectory(prefix="mmprompt-tune-") as scratch:
-            cfg = _train_config(prof, name, lr, seed, Path(out_dir or scratch), metric, progress)
+        with shared_tempdir(prefix="mmprompt-tune-") as scratch:
+            cfg = _train_config(prof, name, lr, seed, Path(out_dir or scratch), metric, progress, world)
+            logger.info("%s / %s (%s profile): lr %g, %d x %d accumulated x %d ranks = %d examples per step "
+                        "(recipe: %s), %s epochs / %s steps", task, name, prof.name, cfg.lr, cfg.batch_size,
+                        cfg.grad_accum, world, cfg.batch_size * cfg.grad_accum * world,
+                        prof.effective_batch_size, cfg.epochs, cfg.max_steps)
             result = train(model, train_ds, cfg, collate_fn=train_ds.collater,
                            eval_fn=eval_fn if prof.eval_every else None)
         history, n_steps = result.history, result.steps
     train_time = time.time() - start
+    model.to(prof.device)  # zero-shot: the copy is still where the backbone is; evaluation runs on the device
     model.eval()
     scored = evaluate_splits(backbone, model, task, data, prof, (val_split, *tests) if test_splits else (val_split,))
     return TuneResult(
@@ -203,16 +298,17 @@ def heldout_loss(backbone, model: torch.nn.Module | None, task: str, *, profile:
     if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
         raise ValueError(f"examples={examples!r}: must be None or an int >= 1")
     model = backbone.model if model is None else model
-    ds = backbone.make_dataset(task, split_path(resolve_data(prof, data_dir), task, split))
+    ds = _dataset(backbone, task, split_path(resolve_data(prof, data_dir), task, split), prof)
     n = min(len(ds), examples or prof.eval_examples or len(ds))
     pad = getattr(getattr(model, "config", None), "pad_token_id", None)
     loss_fn = Seq2SeqLoss(pad_id=1 if pad is None else int(pad), label_smoothing=0.0)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total = weight = 0.0
     try:
         for batch in DataLoader(Subset(ds, range(n)), batch_size=batch_size, collate_fn=ds.collater):
-            batch = {k: v.to(prof.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             tokens = float(batch["target_ids"].ne(loss_fn.pad_id).sum())
             total += float(loss_fn(model, batch)) * tokens
             weight += tokens

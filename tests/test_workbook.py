@@ -117,15 +117,6 @@ def test_checkpoint_card(tmp_path):
         wb.checkpoint_card(tmp_path / "missing")
 
 
-def test_preserve_matplotlib_backend():
-    import matplotlib
-
-    before = matplotlib.get_backend()
-    with wb.preserve_matplotlib_backend():
-        matplotlib.use("svg")
-    assert matplotlib.get_backend() == before
-
-
 # ------------------------------------------------------------------------------------------ reproduction
 def _write_run(root, notebook, run_id, params, metrics, status="ok"):
     d = root / notebook / run_id

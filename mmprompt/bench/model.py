@@ -21,31 +21,22 @@ see torch's allocations, which is why RSS is used.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import multiprocessing as mp
-import resource
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mmprompt.bench.common import call, peak_rss_bytes, rss_bytes, write_json
 from mmprompt.models.ofa.config import PRESETS, OFAConfig
 from mmprompt.models.ofa.position import patch_grid_size
 
 logger = logging.getLogger(__name__)
 TARGET_RATIO = 1.5
 MODEL_KINDS = ("ofa", "ofa-text", "bart")
-
-
-def _rss_bytes() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
 
 
 def _build(kind: str, cfg: OFAConfig, seed: int, max_len: int) -> torch.nn.Module:
@@ -98,10 +89,10 @@ def measure_memory(kind: str, cfg_dict: dict[str, Any], batch: int, src_len: int
     if threads:
         torch.set_num_threads(threads)
     _, step, _ = _workload(kind, OFAConfig.from_dict(cfg_dict), batch, src_len, tgt_len, image_size, seed)
-    before = _rss_bytes()
+    before = rss_bytes()
     step()
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    peak = peak_rss_bytes()
     return {"peak_rss_mb": peak / 2**20, "step_extra_mb": max(0, peak - before) / 2**20}
 
 
@@ -138,12 +129,8 @@ def run(preset: str = "ofa-base", batch: int = 2, src_len: int = 64, tgt_len: in
     if patch_grid_size(image_size) > cfg.image_bucket_size:
         raise ValueError(f"image_size={image_size} exceeds the preset's maximum {cfg.max_image_size}")
     if memory:  # first, so the timing process' own allocations do not matter
-        ctx = mp.get_context("spawn")
-        mem = {}
-        for kind in models:
-            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                mem[kind] = pool.submit(measure_memory, kind, cfg.to_dict(), batch, src_len, tgt_len, image_size,
-                                        seed, threads).result()
+        mem = {kind: call(measure_memory, (kind, cfg.to_dict(), batch, src_len, tgt_len, image_size, seed, threads))
+               for kind in models}
     previous_threads = torch.get_num_threads()
     try:
         if threads:
@@ -220,7 +207,5 @@ def main(argv: list[str] | None = None) -> int:
                  args.seed, args.threads, models, memory=not args.no_memory)
     print(format_table(report))
     if args.json:
-        from pathlib import Path
-
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0

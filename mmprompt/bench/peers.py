@@ -30,16 +30,12 @@ import argparse
 import importlib.util
 import json
 import logging
-import multiprocessing as mp
 import re
-import resource
 import statistics
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +43,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mmprompt.bench.common import call, interleaved, measure_peak, setup_process, timed, write_json
 from mmprompt.models.florence2.backbone import enable_checkpointing
 
 logger = logging.getLogger(__name__)
@@ -215,32 +212,6 @@ class StepCost:
     device: str
 
 
-class _RssSampler:
-    """Samples the process RSS in a thread (torch kernels release the GIL) and keeps the maximum."""
-
-    def __init__(self, interval: float = 0.0005) -> None:
-        import psutil
-
-        self._process, self._interval = psutil.Process(), interval
-        self.peak = self._process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            time.sleep(self._interval)
-
-    def __enter__(self) -> "_RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-
 def _trainer(method: str, preset: str, length: int, batch: int, src_len: int, tgt_len: int, seed: int,
              dev: torch.device) -> tuple[Callable[[], float], int]:
     """A timed training step of one method on its own model, and its trainable-parameter count."""
@@ -250,65 +221,42 @@ def _trainer(method: str, preset: str, length: int, batch: int, src_len: int, tg
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     inputs = {k: v.to(dev) for k, v in _batch(PRESETS[preset]["vocab"], batch, src_len, tgt_len, seed + 1).items()}
 
-    def step() -> float:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
+    def update() -> None:
         optimizer.zero_grad(set_to_none=True)
         model(**inputs).loss.backward()
         optimizer.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return time.perf_counter() - start
+
+    def step() -> float:
+        return timed(update, dev)
 
     return step, sum(p.numel() for p in params)
-
-
-def _setup_process(threads: int | None) -> None:
-    warnings.filterwarnings("ignore")
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def measure_time(preset: str, length: int, batch: int, src_len: int, tgt_len: int, warmup: int, reps: int,
                  seed: int, threads: int | None, device: str) -> dict[str, Any]:
     """Step times of both methods in one process, steps interleaved (the order flips every repetition), so
     a shared machine's changing load hits both alike. Returns {"times": {method: [s]}, "trainable": ...}."""
-    _setup_process(threads)
+    setup_process(threads)
     dev = torch.device(device)
     steps, trainable = {}, {}
     for method in METHODS:
         steps[method], trainable[method] = _trainer(method, preset, length, batch, src_len, tgt_len, seed, dev)
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
-    for rep in range(warmup + reps):
-        for method in METHODS if rep % 2 == 0 else METHODS[::-1]:
-            elapsed = steps[method]()
-            if rep >= warmup:
-                times[method].append(elapsed)
-    return {"times": times, "trainable": trainable}
+    return {"times": interleaved(steps, warmup, reps), "trainable": trainable}
 
 
 def measure_memory(method: str, preset: str, length: int, batch: int, src_len: int, tgt_len: int, warmup: int,
                    reps: int, seed: int, threads: int | None, device: str) -> dict[str, float]:
     """One method's step memory (meant to run alone in a fresh process): CPU peak RSS sampled during the
     steps minus the RSS before them, and the process' total peak; CUDA allocator peaks likewise."""
-    _setup_process(threads)
+    setup_process(threads)
     dev = torch.device(device)
     step, _ = _trainer(method, preset, length, batch, src_len, tgt_len, seed, dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        before = torch.cuda.memory_allocated(dev)
+
+    def run() -> None:
         for _ in range(warmup + reps):
             step()
-        step_mem, total = torch.cuda.max_memory_allocated(dev) - before, torch.cuda.max_memory_allocated(dev)
-    else:
-        with _RssSampler() as sampler:
-            before = sampler.peak
-            for _ in range(warmup + reps):
-                step()
-        step_mem = sampler.peak - before
-        total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"step_memory_mb": max(0, step_mem) / 2**20, "peak_total_mb": total / 2**20}
+
+    return measure_peak(run, dev)
 
 
 # ------------------------------------------------------------------ features
@@ -527,11 +475,11 @@ def run(preset: str = "bart-base", length: int = 64, batch: int = 2, src_len: in
     memory: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
     trainable: dict[str, int] = {}
     for _ in range(rounds):
-        timed = _call(measure_time, args, in_process)
+        timed = call(measure_time, args, in_process)
         trainable = timed["trainable"]
         for method in METHODS:
             times[method] += timed["times"][method]
-            memory[method].append(_call(measure_memory, (method, *args), in_process))
+            memory[method].append(call(measure_memory, (method, *args), in_process))
     results = {
         m: asdict(StepCost(m, trainable[m], statistics.median(times[m]), times[m],
                            statistics.median(r["step_memory_mb"] for r in memory[m]),
@@ -555,19 +503,6 @@ def run(preset: str = "bart-base", length: int = 64, batch: int = 2, src_len: in
     if features:
         report["features"] = probe_features(seed=seed)
     return report
-
-
-def _call(function: Callable[..., Any], args: tuple, in_process: bool) -> Any:
-    """Run ``function(*args)`` here or in a fresh spawned process (its own peak memory, no shared state)."""
-    if in_process:
-        threads = torch.get_num_threads()
-        try:
-            with warnings.catch_warnings():
-                return function(*args)
-        finally:
-            torch.set_num_threads(threads)
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 def _check(preset, length, batch, src_len, tgt_len, warmup, reps, device) -> None:
@@ -639,12 +574,6 @@ def main(argv: list[str] | None = None) -> int:
                  args.seed, args.threads or None, args.device, not args.no_features, args.rounds, args.in_process)
     print(format_report(report))
     if args.json:
-        _write_json(Path(args.json), report)
+        write_json(Path(args.json), report)
     return 0
 
-
-def _write_json(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-        f.write(json.dumps(report, indent=2) + "\n")
-    Path(f.name).replace(path)
