@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 METHOD_NAME = "prefix"
 MODULE_NAME = "mmprompt_prefix"
 DEFAULT_SITES: tuple[str, ...] = ("encoder_self", "decoder_self")
-INITS: tuple[str, ...] = ("normal", "vocab")
+INITS = st.PROMPT_INITS
 DEPTH_FROM: tuple[str, ...] = ("bottom", "top")
 
 
@@ -104,17 +104,7 @@ class PrefixConfig:
             self.reparam = False
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r}: must be a float in [0, 1)")
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r}: allowed {INITS}")
-        if not isinstance(self.init_std, (int, float)) or self.init_std <= 0:
-            raise ValueError(f"init_std={self.init_std!r}: must be > 0")
-        if self.init_token_ids is not None:
-            ids = tuple(self.init_token_ids)
-            if len(ids) != self.length or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
-                raise ValueError(f"init_token_ids: expected {self.length} token ids >= 0, got {self.init_token_ids!r}")
-            self.init_token_ids = ids
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r}: must be an integer")
+        st.check_prompt_init(self)
 
     @staticmethod
     def _checked_depth(depth: Any) -> Any:

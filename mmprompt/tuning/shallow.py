@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 METHOD_NAME = "shallow_prompt"
 MODULE_NAME = "mmprompt_shallow"
-INITS: tuple[str, ...] = ("normal", "vocab")
+INITS = st.PROMPT_INITS
 
 
 @dataclass
@@ -47,17 +47,7 @@ class ShallowPromptConfig:
     def __post_init__(self) -> None:
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
             raise ValueError(f"length={self.length!r}: must be an integer >= 1")
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r}: allowed {INITS}")
-        if not isinstance(self.init_std, (int, float)) or self.init_std <= 0:
-            raise ValueError(f"init_std={self.init_std!r}: must be > 0")
-        if self.init_token_ids is not None:
-            ids = tuple(self.init_token_ids)
-            if len(ids) != self.length or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
-                raise ValueError(f"init_token_ids: expected {self.length} token ids >= 0, got {self.init_token_ids!r}")
-            self.init_token_ids = ids
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r}: must be an integer")
+        st.check_prompt_init(self)
 
 
 class ShallowPrompt(nn.Module):

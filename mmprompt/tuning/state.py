@@ -151,3 +151,23 @@ class MethodHandle:
 
     def __repr__(self) -> str:
         return f"MethodHandle({self.name!r}, {type(self.model).__name__}, {len(self.modules)} inserted modules)"
+
+
+#: How prompt parameters start: N(0, init_std) or from the backbone's token embeddings.
+PROMPT_INITS: tuple[str, ...] = ("normal", "vocab")
+
+
+def check_prompt_init(config) -> None:
+    """Validate the initialisation fields shared by prefix and shallow prompts (``init``, ``init_std``,
+    ``init_token_ids``, ``seed``); normalises ``init_token_ids`` to a tuple."""
+    if config.init not in PROMPT_INITS:
+        raise ValueError(f"init={config.init!r}: allowed {PROMPT_INITS}")
+    if not isinstance(config.init_std, (int, float)) or config.init_std <= 0:
+        raise ValueError(f"init_std={config.init_std!r}: must be > 0")
+    if config.init_token_ids is not None:
+        ids = tuple(config.init_token_ids)
+        if len(ids) != config.length or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+            raise ValueError(f"init_token_ids: expected {config.length} token ids >= 0, got {config.init_token_ids!r}")
+        config.init_token_ids = ids
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+        raise ValueError(f"seed={config.seed!r}: must be an integer")
