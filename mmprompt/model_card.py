@@ -98,6 +98,9 @@ def write_card(model_dir: Path, zero: dict, transfer: dict | None) -> Path:
     for k, st in enumerate(record.get("stages", [])):
         lines.append(f"  - stage {k}: ≤ {st['max_objects']} objects, {st['examples']:,} examples, "
                      f"{st['steps']} steps, {st['wall_time_s'] / 60:.1f} min, val loss {st.get('val_loss', float('nan')):.3f}")
+    if record.get("steps", pc["steps"]) != pc["steps"]:
+        lines.append(f"  - (the stages ran {record['steps']} steps in all, not the configured {pc['steps']}: the run "
+                     f"was resumed with a different `--steps`, and finished stages keep the steps they ran)")
     machine = record["machine"]
     lines += [
         f"- {record.get('steps', '?')} steps at batch {pc['batch_size']}, AdamW lr {pc['lr']} (warmup "
