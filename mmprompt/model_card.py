@@ -1,11 +1,12 @@
 """Model cards for the shipped nano checkpoints, with the measurements that show they are worth tuning.
 
-``python -m mmprompt.model_card data/checkpoints/ofa-nano [--transfer] [--profile cpu]``
+``python -m mmprompt.model_card data/checkpoints/ofa-nano [--transfer [--tasks …]] [--profile cpu] [--rescore]``
 
 * zero-shot scores on each downstream validation split;
 * with ``--transfer``: at one equal budget per task, finetuning the pretrained checkpoint vs the same
   architecture from random initialisation, and prefix tuning vs zero-shot (results cached in
-  ``transfer.json`` beside the card, so the card can be rewritten without re-running them);
+  ``transfer.json`` beside the card after each run, so an interrupted study resumes and the card can be
+  rewritten without re-running them; zero-shot scores are kept in ``zero_shot.json`` likewise);
 * ``README.md`` written from ``config.json``, ``pretrain.json`` (steps, wall time, machine, curriculum)
   and the loss curve ``pretrain_loss.png``.
 """
@@ -31,22 +32,51 @@ def _label(method: str, pretrained: bool) -> str:
     return method if pretrained else f"{method} (random init)"
 
 
-def transfer_study(model_dir: Path, profile: str = "cpu", steps: int | None = None,
-                   tasks: tuple[str, ...] = TASKS, data_dir: Path | None = None) -> dict:
-    """Score every run of :data:`TRANSFER_RUNS` on each task's validation split; returns a JSON-able dict."""
+def _settings(profile: str, steps: int | None) -> dict:
     prof = get_profile(profile, steps=steps)
-    rows = []
+    return {"profile": profile, "steps": prof.steps, "batch_size": prof.batch_size,
+            "eval_examples": prof.eval_examples}
+
+
+def transfer_study(model_dir: Path, profile: str = "cpu", steps: int | None = None,
+                   tasks: tuple[str, ...] = TASKS, data_dir: Path | None = None,
+                   path: Path | None = None, zero: dict | None = None) -> dict:
+    """Score every run of :data:`TRANSFER_RUNS` on each task's validation split; returns a JSON-able dict.
+
+    With ``path``, the study is resumable: rows already in that file (measured at the same settings) are
+    kept, and the file is rewritten atomically after each new run. Zero-shot rows are taken from ``zero``
+    (:func:`zero_shot`'s result) where it was measured at the same profile.
+    """
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"tasks={unknown!r}; allowed: {list(TASKS)}")
+    study = {**_settings(profile, steps), "rows": []}
+    if path is not None and path.is_file():
+        old = json.loads(path.read_text())
+        if all(old.get(k) == v for k, v in study.items() if k != "rows"):
+            study["rows"] = old["rows"]
+        else:
+            logger.info("%s was measured at other settings: starting afresh", path)
     for task in tasks:
         for method, pretrained in TRANSFER_RUNS:
-            backbone = load_model(model_dir, pretrained=pretrained)
-            r = tune(backbone, task, method, profile=profile, steps=steps, data_dir=data_dir, test_splits=False,
-                     progress=False)
-            rows.append({"task": task, "run": _label(method, pretrained), "metric": r.metric,
-                         "score": r.score, "trainable": r.trainable, "steps": r.steps,
-                         "train_time_s": r.train_time_s})
-            logger.info("%s %s: %s=%.4f", task, rows[-1]["run"], r.metric, r.score)
-    return {"profile": profile, "steps": prof.steps, "batch_size": prof.batch_size,
-            "eval_examples": prof.eval_examples, "rows": rows}
+            label = _label(method, pretrained)
+            if any(r["task"] == task and r["run"] == label for r in study["rows"]):
+                continue
+            known = (zero or {}).get(task, {})
+            if method == "zero-shot" and known.get("profile") == profile:
+                row = {"metric": known["metric"], "score": known["score"], "trainable": 0, "steps": 0,
+                       "train_time_s": 0.0}
+            else:
+                backbone = load_model(model_dir, pretrained=pretrained)
+                r = tune(backbone, task, method, profile=profile, steps=steps, data_dir=data_dir,
+                         test_splits=False, progress=False)
+                row = {"metric": r.metric, "score": r.score, "trainable": r.trainable, "steps": r.steps,
+                       "train_time_s": r.train_time_s}
+            study["rows"].append({"task": task, "run": label, **row})
+            logger.info("%s %s: %s=%.4f", task, label, row["metric"], row["score"])
+            if path is not None:
+                write_json(path, study)
+    return study
 
 
 def zero_shot(model_dir: Path, profile: str = "cpu", data_dir: Path | None = None) -> dict[str, dict]:
@@ -56,7 +86,7 @@ def zero_shot(model_dir: Path, profile: str = "cpu", data_dir: Path | None = Non
     for task in TASKS:
         r = tune(backbone, task, "zero-shot", profile=profile, data_dir=data_dir, test_splits=False,
                  progress=False)
-        out[task] = {"split": SPLITS[task][0], "metric": r.metric, "score": r.score}
+        out[task] = {"split": SPLITS[task][0], "metric": r.metric, "score": r.score, "profile": profile}
     return out
 
 
@@ -112,7 +142,7 @@ def write_card(model_dir: Path, zero: dict, transfer: dict | None) -> Path:
         "",
         "![pretraining loss](pretrain_loss.png)",
         "",
-        "## Zero-shot (validation splits, `cpu` profile decoding)",
+        f"## Zero-shot (validation splits, `{next(iter(zero.values())).get('profile', '?')}` profile decoding)",
         "| task | split | metric | score |",
         "|---|---|---|---:|",
     ]
@@ -140,15 +170,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", default="cpu", choices=["ci", "cpu"])
     p.add_argument("--transfer", action="store_true", help="run (or re-run) the transfer study")
     p.add_argument("--steps", type=int, default=None, help="override the profile's tuning steps")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="tasks of the transfer study")
+    p.add_argument("--rescore", action="store_true", help="re-measure zero-shot scores kept in zero_shot.json")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     zero_path, transfer_path = a.model_dir / "zero_shot.json", a.model_dir / "transfer.json"
-    zero = zero_shot(a.model_dir, a.profile)
-    write_json(zero_path, zero)
+    zero = json.loads(zero_path.read_text()) if zero_path.is_file() else {}
+    if a.rescore or any(z.get("profile") != a.profile for z in zero.values()) or set(zero) != set(TASKS):
+        zero = zero_shot(a.model_dir, a.profile)
+        write_json(zero_path, zero)
     transfer = None
     if a.transfer:
-        transfer = transfer_study(a.model_dir, a.profile, a.steps)
-        write_json(transfer_path, transfer)
+        transfer = transfer_study(a.model_dir, a.profile, a.steps, tuple(a.tasks), path=transfer_path,
+                                  zero=zero)
     elif transfer_path.is_file():
         transfer = json.loads(transfer_path.read_text())
     print(write_card(a.model_dir, zero, transfer))

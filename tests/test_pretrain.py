@@ -69,9 +69,30 @@ def test_model_card_reports_pretraining_zero_shot_and_transfer(first_run, tiny_s
     _, out = first_run
     zero = zero_shot(out, "ci", data_dir=tiny_synthetic)
     assert set(zero) == {"refcoco", "snli_ve", "caption", "vqa"}
-    transfer = transfer_study(out, "ci", steps=1, tasks=("snli_ve",), data_dir=tiny_synthetic)
+    transfer = transfer_study(out, "ci", steps=1, tasks=("snli_ve",), data_dir=tiny_synthetic, zero=zero)
     runs = [r["run"] for r in transfer["rows"]]
     assert runs == ["zero-shot", "prefix", "finetune", "finetune (random init)"]
+    assert transfer["rows"][0]["score"] == zero["snli_ve"]["score"]
     card = write_card(out, zero, transfer).read_text()
     assert "## Pretraining" in card and "stage 1: ≤ 4 objects" in card and "pretrain_loss.png" in card
     assert f"{100 * zero['vqa']['score']:.1f}" in card and "finetune (random init)" in card
+
+
+def test_transfer_study_resumes_from_its_file(first_run, tiny_synthetic, tmp_path, monkeypatch):
+    import mmprompt.model_card as mc
+
+    _, out = first_run
+    path = tmp_path / "transfer.json"
+    first = mc.transfer_study(out, "ci", steps=1, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
+    assert [r["run"] for r in first["rows"]] == ["zero-shot", "prefix", "finetune", "finetune (random init)"]
+
+    def no_tuning(*args, **kwargs):
+        raise AssertionError("a finished run was measured again")
+
+    monkeypatch.setattr(mc, "tune", no_tuning)
+    again = mc.transfer_study(out, "ci", steps=1, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
+    assert again == first == json.loads(path.read_text())
+    with pytest.raises(AssertionError, match="measured again"):  # other settings: nothing is reused
+        mc.transfer_study(out, "ci", steps=2, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
+    with pytest.raises(ValueError, match="tasks=\\['coco'\\]"):
+        mc.transfer_study(out, "ci", tasks=("coco",), path=path)
