@@ -7,6 +7,7 @@
   architecture from random initialisation, and prefix tuning vs zero-shot (results cached in
   ``transfer.json`` beside the card after each run, so an interrupted study resumes and the card can be
   rewritten without re-running them; zero-shot scores are kept in ``zero_shot.json`` likewise);
+* perception: colour/shape/size/box accuracy of object listings (:mod:`mmprompt.perception`);
 * ``README.md`` written from ``config.json``, ``pretrain.json`` (steps, wall time, machine, curriculum)
   and the loss curve ``pretrain_loss.png``.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from mmprompt.backbones import load_model
 from mmprompt.experiment import tune
+from mmprompt.perception import FIELDS, perception
 from mmprompt.profiles import SPLITS, TASKS, get_profile
 from mmprompt.training.checkpoint import write_json
 
@@ -107,7 +109,7 @@ def _transfer_table(transfer: dict) -> list[str]:
     return lines
 
 
-def write_card(model_dir: Path, zero: dict, transfer: dict | None) -> Path:
+def write_card(model_dir: Path, zero: dict, transfer: dict | None, seen: dict | None = None) -> Path:
     """Write ``README.md`` for the checkpoint in ``model_dir``."""
     config = json.loads((model_dir / "config.json").read_text())
     record = json.loads((model_dir / "pretrain.json").read_text())
@@ -147,6 +149,17 @@ def write_card(model_dir: Path, zero: dict, transfer: dict | None) -> Path:
         "|---|---|---|---:|",
     ]
     lines += [f"| {t} | {z['split']} | {z['metric']} | {_fmt(z['score'], z['metric'])} |" for t, z in zero.items()]
+    if seen:
+        lines += [
+            "",
+            f"## Perception (greedy object listing of {seen['n']} one-object validation scenes)",
+            "| size | colour | shape | box IoU ≥ 0.5 |",
+            "|---:|---:|---:|---:|",
+            "| " + " | ".join(f"{100 * seen[k]:.1f}" for k in FIELDS) + " |",
+            "",
+            "Accuracy in %; chance is 50 / 11 / 17 for size / colour (8 + covered) / shape. Measured by "
+            f"`python -m mmprompt.perception {model_dir}`.",
+        ]
     if transfer:
         lines += [
             "",
@@ -185,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
                                   zero=zero)
     elif transfer_path.is_file():
         transfer = json.loads(transfer_path.read_text())
-    print(write_card(a.model_dir, zero, transfer))
+    seen = perception(load_model(a.model_dir), profile=a.profile)
+    write_json(a.model_dir / "perception.json", seen)
+    print(write_card(a.model_dir, zero, transfer, seen))
 
 
 if __name__ == "__main__":

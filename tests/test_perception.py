@@ -1,0 +1,39 @@
+import pytest
+
+from mmprompt.perception import FIELDS, parse_object, perception, score_object
+
+GOLD = "large purple circle <bin_15> <bin_2> <bin_32> <bin_19>"
+
+
+def test_parse_object_reads_the_first_listed_object():
+    assert parse_object(GOLD + " small red square <bin_1> <bin_1> <bin_5> <bin_5>") == {
+        "size": "large", "colour": "purple", "shape": "circle", "box": [15, 2, 32, 19]}
+    assert parse_object("large purple") is None
+
+
+@pytest.mark.parametrize("pred,expected", [
+    (GOLD, dict(size=1, colour=1, shape=1, box=1)),
+    ("large red square<bin_15><bin_2><bin_32><bin_20>", dict(size=1, colour=0, shape=0, box=1)),  # unspaced bins
+    ("small purple circle <bin_40> <bin_40> <bin_50> <bin_50>", dict(size=0, colour=1, shape=1, box=0)),
+    ("large purple", dict.fromkeys(FIELDS, 0)),
+])
+def test_score_object_field_by_field(pred, expected):
+    assert score_object(pred, GOLD) == expected
+
+
+def test_bad_gold_and_examples_are_rejected(tiny_synthetic):
+    with pytest.raises(ValueError, match="gold='a red circle'"):
+        score_object(GOLD, "a red circle")
+    with pytest.raises(ValueError, match="examples=0"):
+        perception(None, tiny_synthetic, examples=0)
+
+
+def test_perception_of_the_shipped_checkpoint(tiny_synthetic):
+    from mmprompt import load_model
+
+    small = load_model("ofa-nano-small")
+    with pytest.raises(ValueError, match="no one-object listing rows"):
+        perception(small, tiny_synthetic)
+    out = perception(small, profile="ci", examples=8)
+    assert out["n"] >= 1 and set(out) == {*FIELDS, "n"} and all(0 <= out[k] <= 1 for k in FIELDS)
+    assert out["box"] > 0.5  # the shipped checkpoints localise single objects (colour/shape: see the cards)
