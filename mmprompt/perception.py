@@ -12,37 +12,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from mmprompt.backbones import load_model
 from mmprompt.data import PretrainDataset, ensure_synthetic, split_path
+from mmprompt.data.texts import parse_listing
 from mmprompt.decoding import generate
 from mmprompt.metrics import iou
 
-_OBJECT = re.compile(r"(\w+) (\w+) (\w+)\s*<bin_(\d+)>\s*<bin_(\d+)>\s*<bin_(\d+)>\s*<bin_(\d+)>")
 FIELDS = ("size", "colour", "shape", "box")
 
 
-def parse_object(text: str) -> dict | None:
-    """The first ``<size> <colour> <shape> <bin>×4`` object of a listing, or None."""
-    m = _OBJECT.search(text)
-    if m is None:
-        return None
-    size, colour, shape, *bins = m.groups()
-    return {"size": size, "colour": colour, "shape": shape, "box": [int(b) for b in bins]}
-
-
 def score_object(predicted: str, gold: str) -> dict[str, float]:
-    """1/0 per field of one listed object (box: IoU of the bin boxes >= 0.5); an unparsable
+    """1/0 per field of the first listed object (box: IoU of the bin boxes >= 0.5); an unparsable
     prediction scores 0 everywhere."""
-    g, p = parse_object(gold), parse_object(predicted)
-    if g is None:
+    golds, preds = parse_listing(gold), parse_listing(predicted)
+    if not golds:
         raise ValueError(f"gold={gold!r}: not an object listing '<size> <colour> <shape> <bin>x4'")
-    if p is None:
+    g = golds[0]
+    if not preds:
         return dict.fromkeys(FIELDS, 0.0)
+    p = preds[0]
     out = {k: float(p[k] == g[k]) for k in ("size", "colour", "shape")}
     out["box"] = float(iou(p["box"], g["box"]) >= 0.5)
     return out

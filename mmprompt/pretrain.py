@@ -2,8 +2,9 @@
 
 ``python -m mmprompt.pretrain --preset ofa-nano --out data/checkpoints/ofa-nano [--profile cpu] [--resume]``
 
-The mixture (captioning, grounding, grounded captioning, image-text matching, VQA, object listing with
-boxes, text infilling) is fed as a curriculum: scenes with at most one object first, then at most two,
+First the ResNet is warmed up alone on dense attribute recognition (:mod:`mmprompt.vision_warmup`, the
+stand-in for OFA's ImageNet-initialised ResNet). Then the mixture (captioning, grounding, grounded
+captioning, image-text matching, VQA, object listing with boxes, text infilling) is fed as a curriculum: scenes with at most one object first, then at most two,
 then everything. Each stage is one :func:`mmprompt.train.train` run in ``<work-dir>/<k>``, so an
 interrupted pretraining resumes where it stopped (``--resume``); together the stages form one schedule
 (warmup, constant, linear decay in the last stage). The result is an OFA directory (safetensors +
@@ -26,7 +27,8 @@ from torch.utils.data import DataLoader, Subset
 from mmprompt.data import PretrainDataset, ensure_synthetic, load_tokenizer, split_path
 from mmprompt.models.ofa import OFAModel, PRESETS
 from mmprompt.train import TrainConfig, load_weights, seq2seq_loss, train
-from mmprompt.training.checkpoint import write_json
+from mmprompt.training.checkpoint import load_tensors, save_tensors, write_json
+from mmprompt.vision_warmup import warm_up_resnet
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +53,9 @@ class PretrainConfig:
     data_dir: str | None = None  # a generated synthetic directory; None: the profile's (generated once)
     steps: int = 6000
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4  # 1e-3 kept the transformer from ever reading colour or shape off the image
     warmup_steps: int = 300
+    resnet_warmup_steps: int = 1000  # 0: start the ResNet from random weights
     seed: int = 0
     eval_every: int = 500
     eval_examples: int = 256
@@ -69,6 +72,8 @@ class PretrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}: must be an int >= 1")
+        if not isinstance(self.resnet_warmup_steps, int) or self.resnet_warmup_steps < 0:
+            raise ValueError(f"resnet_warmup_steps={self.resnet_warmup_steps!r}: must be an int >= 0")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr!r}: must be > 0")
         if not 0 <= self.warmup_steps < self.stage_steps()[0]:
@@ -110,6 +115,26 @@ def _stage_config(cfg: PretrainConfig, k: int, steps: int) -> TrainConfig:
     )
 
 
+def _warm_resnet(cfg: PretrainConfig, model: OFAModel, root: Path, tok) -> dict | None:
+    """Run the ResNet warm-up, or reload it from ``<work_dir>/resnet`` when resuming."""
+    if not cfg.resnet_warmup_steps:
+        return None
+    done = Path(cfg.work_dir) / "resnet"
+    if cfg.resume and (done / "resnet.safetensors").is_file():
+        model.encoder.embed_images.load_state_dict(load_tensors(done / "resnet.safetensors"))
+        return json.loads((done / "warmup.json").read_text())
+    size = model.config.patch_image_size
+    train, val = (PretrainDataset(split_path(root, "pretrain", s), tok, size, subtasks=["listing"])
+                  for s in ("train", "val"))
+    record = warm_up_resnet(model, train, val, steps=cfg.resnet_warmup_steps, batch_size=cfg.batch_size,
+                            seed=cfg.seed)
+    logger.info("ResNet warm-up: %s", record)
+    done.mkdir(parents=True, exist_ok=True)
+    save_tensors(done / "resnet.safetensors", model.encoder.embed_images.state_dict())
+    write_json(done / "warmup.json", record)
+    return record
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) the curriculum and write the finished checkpoint to ``cfg.out``."""
     if cfg.threads:
@@ -121,6 +146,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     size = model.config.patch_image_size
     val = PretrainDataset(split_path(root, "pretrain", "val"), tok, size)
     evaluate = _val_loss_fn(model, val, cfg.eval_examples, cfg.batch_size)
+    warmup = _warm_resnet(cfg, model, root, tok)
     history, stages = [], []
     for k, (stage, steps) in enumerate(zip(cfg.stages, cfg.stage_steps())):
         ds = PretrainDataset(split_path(root, "pretrain", "train"), tok, size, max_objects=stage.max_objects)
@@ -135,7 +161,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     record = {
         "config": asdict(cfg), "data": str(root), "parameters": model.num_parameters(),
         "steps": sum(st["steps"] for st in stages), "wall_time_s": round(sum(st["wall_time_s"] for st in stages), 1),
-        "stages": stages,
+        "resnet_warmup": warmup, "stages": stages,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch_threads": torch.get_num_threads()},
         "history": history,
@@ -182,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default=None, help="generated synthetic data (default: the profile's)")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--resnet-warmup-steps", type=int, default=1000, help="0: no ResNet warm-up")
     p.add_argument("--warmup-steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=500)
@@ -194,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         preset=a.preset, out=a.out or f"data/checkpoints/{a.preset}",
         work_dir=a.work_dir or f"runs/pretrain/{a.preset}", profile=a.profile, data_dir=a.data_dir,
         steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, seed=a.seed,
+        resnet_warmup_steps=a.resnet_warmup_steps,
         eval_every=a.eval_every, threads=a.threads, resume=a.resume,
     )
     print(pretrain(cfg))

@@ -1,14 +1,16 @@
 import pytest
 
-from mmprompt.perception import FIELDS, parse_object, perception, score_object
+from mmprompt.data.texts import parse_listing
+from mmprompt.perception import FIELDS, perception, score_object
 
 GOLD = "large purple circle <bin_15> <bin_2> <bin_32> <bin_19>"
 
 
-def test_parse_object_reads_the_first_listed_object():
-    assert parse_object(GOLD + " small red square <bin_1> <bin_1> <bin_5> <bin_5>") == {
-        "size": "large", "colour": "purple", "shape": "circle", "box": [15, 2, 32, 19]}
-    assert parse_object("large purple") is None
+def test_parse_listing_reads_every_listed_object():
+    assert parse_listing(GOLD + " small red square<bin_1><bin_1><bin_5><bin_5> large blue") == [
+        {"size": "large", "colour": "purple", "shape": "circle", "box": [15, 2, 32, 19]},
+        {"size": "small", "colour": "red", "shape": "square", "box": [1, 1, 5, 5]}]
+    assert parse_listing("large purple") == []
 
 
 @pytest.mark.parametrize("pred,expected", [

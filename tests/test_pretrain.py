@@ -23,13 +23,21 @@ def _config(tmp_path, data, name, **kw):
     return PretrainConfig(preset="ofa-nano-small", out=str(tmp_path / name / "out"),
                           work_dir=str(tmp_path / name / "work"), profile="ci", data_dir=str(data), steps=12,
                           batch_size=4, lr=2e-3, warmup_steps=0, eval_every=4, eval_examples=8,
-                          stages=(Stage(1, 0.25), Stage(4, 0.75)), **kw)
+                          resnet_warmup_steps=2, stages=(Stage(1, 0.25), Stage(4, 0.75)), **kw)
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory, tiny_synthetic):
+def ci_data():
+    """The ci synthetic data: the tiny fixture has no object-listing rows for the ResNet warm-up."""
+    from mmprompt.data import ensure_synthetic
+
+    return ensure_synthetic("ci")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, ci_data):
     tmp = tmp_path_factory.mktemp("pretrain")
-    return tmp, pretrain(_config(tmp, tiny_synthetic, "a"))
+    return tmp, pretrain(_config(tmp, ci_data, "a"))
 
 
 def test_pretraining_lowers_the_loss_and_writes_a_loadable_checkpoint(first_run):
@@ -37,18 +45,19 @@ def test_pretraining_lowers_the_loss_and_writes_a_loadable_checkpoint(first_run)
     record = json.loads((out / "pretrain.json").read_text())
     losses = [r["val_loss"] for r in record["history"] if "val_loss" in r]
     assert len(losses) >= 3 and losses[-1] < losses[0]
+    assert record["resnet_warmup"]["steps"] == 2
     assert (out / "pretrain_loss.png").stat().st_size > 0
     backbone = load_model(out)
     assert backbone.model.config.encoder_layers == 4 and len(backbone.tokenizer) > 100
 
 
-def test_interrupted_pretraining_resumes_to_the_same_weights(first_run, tiny_synthetic):
+def test_interrupted_pretraining_resumes_to_the_same_weights(first_run, ci_data):
     tmp, out_a = first_run
-    cfg = _config(tmp, tiny_synthetic, "b")
+    cfg = _config(tmp, ci_data, "b")
     pretrain(cfg)
     shutil.rmtree(tmp / "b" / "out")
     shutil.rmtree(tmp / "b" / "work" / "1")  # killed during the last stage, before its first checkpoint
-    out_b = pretrain(_config(tmp, tiny_synthetic, "b", resume=True))
+    out_b = pretrain(_config(tmp, ci_data, "b", resume=True))
     a, b = load_file(out_a / "model.safetensors"), load_file(out_b / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -56,7 +65,8 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(first_run, tiny_syn
 @pytest.mark.parametrize(
     "kwargs,match",
     [(dict(preset="ofa-giant"), "preset='ofa-giant'"), (dict(profile="gpu"), "profile='gpu'"),
-     (dict(steps=0), "steps=0"), (dict(stages=(Stage(1, 0.5),)), "stages=")],
+     (dict(steps=0), "steps=0"), (dict(stages=(Stage(1, 0.5),)), "stages="),
+     (dict(resnet_warmup_steps=-1), "resnet_warmup_steps=-1")],
 )
 def test_bad_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -11,6 +11,8 @@ questions, the "maybe" label, or the downstream caption styles. See ``data/READM
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from mmprompt.data.world import (
@@ -196,6 +198,16 @@ def corrupt_caption(scene: Scene, rng: np.random.Generator) -> str | None:
 def listing_target(scene: Scene) -> str:
     """"small red circle [[x0,y0,x1,y1]] large blue square [[...]]" (left to right)."""
     return " ".join(f"{full_phrase(scene.objects[i])} {box_placeholder(scene.objects[i].box)}" for i in left_to_right(scene))
+
+
+_LISTED = re.compile(r"(\w+) (\w+) (\w+)\s*<bin_(\d+)>\s*<bin_(\d+)>\s*<bin_(\d+)>\s*<bin_(\d+)>")
+
+
+def parse_listing(text: str) -> list[dict]:
+    """The objects of an encoded listing (``"small red circle <bin_1> <bin_2> <bin_9> <bin_9> …"``, boxes as
+    bin tokens): ``[{"size", "colour", "shape", "box": [4 bin indices]}, …]``; malformed parts are skipped."""
+    return [{"size": m[1], "colour": m[2], "shape": m[3], "box": [int(b) for b in m.groups()[3:]]}
+            for m in _LISTED.finditer(text)]
 
 
 def mask_span(text: str, rng: np.random.Generator) -> str:
