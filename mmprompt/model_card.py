@@ -133,6 +133,12 @@ def write_card(model_dir: Path, zero: dict, transfer: dict | None, seen: dict | 
     if record.get("steps", pc["steps"]) != pc["steps"]:
         lines.append(f"  - (the stages ran {record['steps']} steps in all, not the configured {pc['steps']}: the run "
                      f"was resumed with a different `--steps`, and finished stages keep the steps they ran)")
+    warm = record.get("resnet_warmup")
+    if warm:
+        acc = warm["val_accuracy"] or {}
+        lines.append(f"- ResNet warm-up first (`mmprompt.vision_warmup`, in place of OFA's ImageNet ResNet): "
+                     f"{warm['steps']} steps, {warm['wall_time_s'] / 60:.1f} min; per-cell validation accuracy "
+                     + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()))
     machine = record["machine"]
     lines += [
         f"- {record.get('steps', '?')} steps at batch {pc['batch_size']}, AdamW lr {pc['lr']} (warmup "
@@ -140,7 +146,7 @@ def write_card(model_dir: Path, zero: dict, transfer: dict | None, seen: dict | 
         f"- wall time {record.get('wall_time_s', 0) / 60:.0f} min on {machine['platform']} "
         f"({machine['torch_threads']} torch thread(s), 2-core machine shared with other jobs)",
         f"- reproduce: `python -m mmprompt.pretrain --preset {pc['preset']} --profile {pc['profile']} "
-        f"--steps {pc['steps']} --threads 1`",
+        f"--steps {pc['steps']} --lr {pc['lr']} --resnet-warmup-steps {pc.get('resnet_warmup_steps', 0)} --threads 1`",
         "",
         "![pretraining loss](pretrain_loss.png)",
         "",

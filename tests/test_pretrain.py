@@ -87,6 +87,7 @@ def test_model_card_reports_pretraining_zero_shot_and_transfer(first_run, tiny_s
     card = write_card(out, zero, transfer, seen).read_text()
     assert "| 100.0 | 12.5 | 25.0 | 50.0 |" in card
     assert "## Pretraining" in card and "stage 1: ≤ 4 objects" in card and "pretrain_loss.png" in card
+    assert "ResNet warm-up first" in card and "--resnet-warmup-steps 2" in card
     assert f"{100 * zero['vqa']['score']:.1f}" in card and "finetune (random init)" in card
 
 
