@@ -110,7 +110,7 @@ def warm_up_resnet(model, train: PretrainDataset, val: PretrainDataset, *, steps
                 sum(losses.values()).backward()
                 opt.step()
                 step += 1
-                last = {k: round(float(v), 4) for k, v in losses.items()}
+                last = {k: round(v.item(), 4) for k, v in losses.items()}
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(last.values()):.3f}")
                 if step >= steps:
