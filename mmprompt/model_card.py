@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mmprompt.backbones import load_model
 from mmprompt.experiment import tune
-from mmprompt.perception import FIELDS, perception
+from mmprompt.perception import FIELDS, grounding_by_objects, perception
 from mmprompt.profiles import SPLITS, TASKS, get_profile
 from mmprompt.training.checkpoint import write_json
 
@@ -156,15 +156,24 @@ def write_card(model_dir: Path, zero: dict, transfer: dict | None, seen: dict | 
     ]
     lines += [f"| {t} | {z['split']} | {z['metric']} | {_fmt(z['score'], z['metric'])} |" for t, z in zero.items()]
     if seen:
+        listing, grounding = seen["listing"], seen["grounding_by_objects"]
         lines += [
             "",
-            f"## Perception (greedy object listing of {seen['n']} one-object validation scenes)",
+            "## Perception (pretraining validation split, greedy decoding)",
+            f"Object listing of {listing['n']} one-object scenes, % named right (chance: size 50, colour 11 "
+            "with *covered*, shape 17):",
+            "",
             "| size | colour | shape | box IoU ≥ 0.5 |",
             "|---:|---:|---:|---:|",
-            "| " + " | ".join(f"{100 * seen[k]:.1f}" for k in FIELDS) + " |",
+            "| " + " | ".join(f"{100 * listing[k]:.1f}" for k in FIELDS) + " |",
             "",
-            "Accuracy in %; chance is 50 / 11 / 17 for size / colour (8 + covered) / shape. Measured by "
-            f"`python -m mmprompt.perception {model_dir}`.",
+            "Grounding (phrase → box) Acc@0.5 by objects in the scene (chance ≈ 100/n when every box is right):",
+            "",
+            "| objects | " + " | ".join(grounding) + " |",
+            "|---|" + "---:|" * len(grounding),
+            "| Acc@0.5 (rows) | " + " | ".join(f"{100 * g['acc']:.1f} ({g['n']})" for g in grounding.values()) + " |",
+            "",
+            f"Measured by `python -m mmprompt.perception {model_dir}`.",
         ]
     if transfer:
         lines += [
@@ -204,7 +213,9 @@ def main(argv: list[str] | None = None) -> None:
                                   zero=zero)
     elif transfer_path.is_file():
         transfer = json.loads(transfer_path.read_text())
-    seen = perception(load_model(a.model_dir), profile=a.profile)
+    backbone = load_model(a.model_dir)
+    seen = {"listing": perception(backbone, profile=a.profile),
+            "grounding_by_objects": grounding_by_objects(backbone, profile=a.profile)}
     write_json(a.model_dir / "perception.json", seen)
     print(write_card(a.model_dir, zero, transfer, seen))
 

@@ -1,7 +1,7 @@
 import pytest
 
 from mmprompt.data.texts import parse_listing
-from mmprompt.perception import FIELDS, perception, score_object
+from mmprompt.perception import FIELDS, grounding_by_objects, perception, score_object
 
 GOLD = "large purple circle <bin_15> <bin_2> <bin_32> <bin_19>"
 
@@ -34,8 +34,18 @@ def test_perception_of_the_shipped_checkpoint(tiny_synthetic):
     from mmprompt import load_model
 
     small = load_model("ofa-nano-small")
-    with pytest.raises(ValueError, match="no one-object listing rows"):
+    with pytest.raises(ValueError, match="no usable listing rows"):
         perception(small, tiny_synthetic)
     out = perception(small, profile="ci", examples=8)
     assert out["n"] >= 1 and set(out) == {*FIELDS, "n"} and all(0 <= out[k] <= 1 for k in FIELDS)
     assert out["box"] > 0.5  # the shipped checkpoints localise single objects (colour/shape: see the cards)
+
+
+def test_grounding_by_objects_of_the_shipped_checkpoint():
+    from mmprompt import load_model
+
+    out = grounding_by_objects(load_model("ofa-nano-small"), profile="ci", examples=40)
+    assert sum(g["n"] for g in out.values()) >= 1 and all(0 <= g["acc"] <= 1 for g in out.values())
+    assert out["1"]["acc"] > 0.5  # a lone object is found (several: see the model cards)
+    with pytest.raises(ValueError, match="examples=-1"):
+        grounding_by_objects(None, examples=-1)

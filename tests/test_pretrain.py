@@ -83,9 +83,10 @@ def test_model_card_reports_pretraining_zero_shot_and_transfer(first_run, tiny_s
     runs = [r["run"] for r in transfer["rows"]]
     assert runs == ["zero-shot", "prefix", "finetune", "finetune (random init)"]
     assert transfer["rows"][0]["score"] == zero["snli_ve"]["score"]
-    seen = {"size": 1.0, "colour": 0.125, "shape": 0.25, "box": 0.5, "n": 8}
+    seen = {"listing": {"size": 1.0, "colour": 0.125, "shape": 0.25, "box": 0.5, "n": 8},
+            "grounding_by_objects": {"1": {"acc": 1.0, "n": 3}, "2": {"acc": 0.25, "n": 4}}}
     card = write_card(out, zero, transfer, seen).read_text()
-    assert "| 100.0 | 12.5 | 25.0 | 50.0 |" in card
+    assert "| 100.0 | 12.5 | 25.0 | 50.0 |" in card and "| Acc@0.5 (rows) | 100.0 (3) | 25.0 (4) |" in card
     assert "## Pretraining" in card and "stage 1: ≤ 4 objects" in card and "pretrain_loss.png" in card
     assert "ResNet warm-up first" in card and "--resnet-warmup-steps 2" in card
     assert f"{100 * zero['vqa']['score']:.1f}" in card and "finetune (random init)" in card
