@@ -146,7 +146,8 @@ def write_card(model_dir: Path, zero: dict, transfer: dict | None, seen: dict | 
         f"- wall time {record.get('wall_time_s', 0) / 60:.0f} min on {machine['platform']} "
         f"({machine['torch_threads']} torch thread(s), 2-core machine shared with other jobs)",
         f"- reproduce: `python -m mmprompt.pretrain --preset {pc['preset']} --profile {pc['profile']} "
-        f"--steps {pc['steps']} --lr {pc['lr']} --resnet-warmup-steps {pc.get('resnet_warmup_steps', 0)} --threads 1`",
+        f"--steps {pc['steps']} --lr {pc['lr']} --resnet-warmup-steps {pc.get('resnet_warmup_steps', 0)} "
+        "--threads 1`",
         "",
         "![pretraining loss](pretrain_loss.png)",
         "",
@@ -167,11 +168,13 @@ def write_card(model_dir: Path, zero: dict, transfer: dict | None, seen: dict | 
             "|---:|---:|---:|---:|",
             "| " + " | ".join(f"{100 * listing[k]:.1f}" for k in FIELDS) + " |",
             "",
-            "Grounding (phrase → box) Acc@0.5 by objects in the scene (chance ≈ 100/n when every box is right):",
+            "Grounding (phrase → box) Acc@0.5 by objects in the scene (chance ≈ 100/n when every box is "
+            "right):",
             "",
             "| objects | " + " | ".join(grounding) + " |",
             "|---|" + "---:|" * len(grounding),
-            "| Acc@0.5 (rows) | " + " | ".join(f"{100 * g['acc']:.1f} ({g['n']})" for g in grounding.values()) + " |",
+            "| Acc@0.5 (rows) | " + " | ".join(f"{100 * g['acc']:.1f} ({g['n']})" for g in grounding.values())
+            + " |",
             "",
             f"Measured by `python -m mmprompt.perception {model_dir}`.",
         ]

@@ -9,7 +9,7 @@ expression among several objects, whatever is tuned on top of it.
   describe?") and reports Acc@0.5 per number of objects in the scene: binding a phrase to one object
   among several shows as accuracy that stays above chance (1/n) as n grows.
 
-``python -m mmprompt.perception data/checkpoints/ofa-nano-small [--profile cpu] [--examples 200]``
+``python -m mmprompt.perception data/checkpoints/ofa-nano-small [--profile cpu] [--examples 400]``
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def grounding_by_objects(backbone, data_dir=None, *, profile: str = "cpu", examp
     tok, model = backbone.tokenizer, backbone.model.eval()
     hits: dict[str, list[float]] = {}
     start = 0
-    for batch in DataLoader(Subset(ds, range(min(examples, len(ds)))), batch_size=batch_size, collate_fn=ds.collater):
+    rows = Subset(ds, range(min(examples, len(ds))))
+    for batch in DataLoader(rows, batch_size=batch_size, collate_fn=ds.collater):
         boxes = predict_boxes(model, batch, lambda ids: [id_to_bin(tok, t) for t in ids], beam_size=1,
                               bin_token_ids=bin_token_ids(tok))
         for k, (box, target) in enumerate(zip(boxes, batch["target_ids"])):

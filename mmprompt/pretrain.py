@@ -4,9 +4,10 @@
 
 First the ResNet is warmed up alone on dense attribute recognition (:mod:`mmprompt.vision_warmup`, the
 stand-in for OFA's ImageNet-initialised ResNet). Then the mixture (captioning, grounding, grounded
-captioning, image-text matching, VQA, object listing with boxes, text infilling) is fed as a curriculum: scenes with at most one object first, then at most two,
-then everything. Each stage is one :func:`mmprompt.train.train` run in ``<work-dir>/<k>``, so an
-interrupted pretraining resumes where it stopped (``--resume``); together the stages form one schedule
+captioning, image-text matching, VQA, object listing with boxes, text infilling) is fed as a curriculum:
+scenes with at most one object first, then at most two, then everything. Each stage is one
+:func:`mmprompt.train.train` run in ``<work-dir>/<k>``, so an interrupted pretraining resumes where it
+stopped (``--resume``); together the stages form one schedule
 (warmup, constant, linear decay in the last stage). The result is an OFA directory (safetensors +
 config + tokenizer) with a ``pretrain.json`` record and a loss-curve PNG, ready for
 :func:`mmprompt.backbones.load_model`.
@@ -120,7 +121,7 @@ def _warm_resnet(cfg: PretrainConfig, model: OFAModel, root: Path, tok) -> dict 
     if not cfg.resnet_warmup_steps:
         return None
     done = Path(cfg.work_dir) / "resnet"
-    if cfg.resume and (done / "resnet.safetensors").is_file():
+    if cfg.resume and (done / "resnet.safetensors").is_file() and (done / "warmup.json").is_file():
         model.encoder.embed_images.load_state_dict(load_tensors(done / "resnet.safetensors"))
         return json.loads((done / "warmup.json").read_text())
     size = model.config.patch_image_size
