@@ -18,3 +18,14 @@ def nano_tokenizer(tiny_synthetic):
     from mmprompt.data.tokenizer import load_tokenizer
 
     return load_tokenizer(tiny_synthetic / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def random_ofa_dir(tmp_path_factory, nano_tokenizer):
+    """A random ofa-nano-small saved with the nano tokenizer, as a shipped checkpoint would be (read-only)."""
+    from mmprompt.models.ofa import OFAModel
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny-ofa"
+    OFAModel.from_preset("ofa-nano-small", seed=0, vocab_size=len(nano_tokenizer)).save_pretrained(out)
+    nano_tokenizer.save_pretrained(out)
+    return out

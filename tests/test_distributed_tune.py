@@ -10,7 +10,6 @@ import torch.multiprocessing as tmp_mp
 
 from mmprompt import load_model, tune
 from mmprompt.distributed_eval import DatasetShard, shard_indices
-from mmprompt.models.ofa import OFAModel
 from mmprompt.tuning import PrefixConfig
 
 EVAL = {"eval_batch_size": 3}  # 8 examples -> batches [0-2] [3-5] [6-7]: rank 0 decodes two, rank 1 one
@@ -65,11 +64,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, nano_tokenizer):
-    out = tmp_path_factory.mktemp("ckpt") / "tiny-ofa"
-    OFAModel.from_preset("ofa-nano-small", seed=0, vocab_size=len(nano_tokenizer)).save_pretrained(out)
-    nano_tokenizer.save_pretrained(out)
-    return out
+def model_dir(random_ofa_dir):
+    return random_ofa_dir
 
 
 def test_two_gloo_processes_score_what_one_process_scores(model_dir, tiny_synthetic, tmp_path):

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from mmprompt import load_model, results_table, tune
-from mmprompt.models.ofa import OFAModel
 from mmprompt.tuning import PrefixConfig
 
 
@@ -17,12 +16,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, nano_tokenizer):
-    """A random ofa-nano-small saved with the nano tokenizer, as a shipped checkpoint would be."""
-    out = tmp_path_factory.mktemp("ckpt") / "tiny-ofa"
-    OFAModel.from_preset("ofa-nano-small", seed=0, vocab_size=len(nano_tokenizer)).save_pretrained(out)
-    nano_tokenizer.save_pretrained(out)
-    return out
+def model_dir(random_ofa_dir):
+    return random_ofa_dir
 
 
 @pytest.fixture(scope="module")

@@ -61,11 +61,8 @@ def test_model_size_is_read_off_the_shape():
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory, nano_tokenizer):
-    out = tmp_path_factory.mktemp("ckpt") / "tiny-ofa"
-    OFAModel.from_preset("ofa-nano-small", seed=0, vocab_size=len(nano_tokenizer)).save_pretrained(out)
-    nano_tokenizer.save_pretrained(out)
-    return load_model(out)
+def backbone(random_ofa_dir):
+    return load_model(random_ofa_dir)
 
 
 def test_tune_runs_the_gpu_recipe(backbone, tiny_synthetic, monkeypatch):

@@ -16,7 +16,6 @@ from mmprompt import load_model, tune  # noqa: E402
 from mmprompt.data import split_path  # noqa: E402
 from mmprompt.efficiency import saved_activation_bytes, step_cost  # noqa: E402
 from mmprompt.experiment import heldout_loss  # noqa: E402
-from mmprompt.models.ofa import OFAModel  # noqa: E402
 from mmprompt.robust_eval import evaluate_under_attack, robustness_sweep  # noqa: E402
 from mmprompt.robustness import FGSM  # noqa: E402
 from mmprompt.training.losses import Seq2SeqLoss  # noqa: E402
@@ -33,11 +32,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory, nano_tokenizer):
-    out = tmp_path_factory.mktemp("ckpt") / "tiny-ofa"
-    OFAModel.from_preset("ofa-nano-small", seed=0, vocab_size=len(nano_tokenizer)).save_pretrained(out)
-    nano_tokenizer.save_pretrained(out)
-    return load_model(out)
+def backbone(random_ofa_dir):
+    return load_model(random_ofa_dir)
 
 
 @pytest.fixture(scope="module")
