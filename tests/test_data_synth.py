@@ -16,7 +16,7 @@ from mmprompt.data.synth import (
     split_path,
 )
 from mmprompt.data.tasks import vqa_answer_list
-from mmprompt.data.texts import pretrain_caption
+from mmprompt.data.texts import pretrain_caption, ve_label
 from mmprompt.data.tsv import count_rows, parse_vqa_answers, read_tsv
 from mmprompt.data.world import HELD_OUT_COMBOS, scene_rng
 
@@ -178,6 +178,22 @@ def test_ve_labels_and_maybe_needs_a_covered_object():
         if it.fields["label"] == "neutral":
             assert any(o.covered for o in it.scene.objects)
         assert it.fields["premise"] and it.fields["hypothesis"]
+        assert ve_label(it.scene, it.meta["claim"]) == it.fields["label"]
+
+
+def test_ve_text_alone_does_not_give_the_label():
+    """Every hypothesis kind takes all three labels about equally often, and the premise never names a
+    shape the hypothesis talks about (the old generator let a text-only model reach 69 %)."""
+    items = _items("snli_ve", "train", 300)
+    by_kind = {}
+    for it in items:
+        by_kind.setdefault(it.meta["kind"], Counter())[it.fields["label"]] += 1
+        shapes = {d.shape for d in it.meta["claim"].descs}
+        assert not any(re.search(rf"\b{s}", it.fields["premise"]) for s in shapes), it.fields
+    assert set(by_kind) == {"exists", "count", "attribute", "relation"}
+    for kind, labels in by_kind.items():
+        shares = [labels[lab] / sum(labels.values()) for lab in ("entailment", "contradiction", "neutral")]
+        assert min(shares) > 0.2 and max(shares) < 0.47, (kind, labels)
 
 
 def test_vqa_questions_answers_and_disagreement():

@@ -46,7 +46,9 @@ from mmprompt.data.texts import (
     left_to_right,
     pretrain_example,
     refcoco_expression,
-    ve_hypothesis,
+    ve_claim,
+    ve_forced,
+    ve_label,
     ve_premise,
     vqa_question,
 )
@@ -77,7 +79,7 @@ DEFAULT_IMAGE_SIZE = 128
 TOKENIZER_DIR = "tokenizer"
 ANSWER_FILE = "trainval_ans2label.json"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1  # bump whenever generated content changes (ensure_synthetic then regenerates)
+FORMAT_VERSION = 2  # bump whenever generated content changes (ensure_synthetic then regenerates)
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,12 @@ class WorldSettings:
     pretrain_covered_prob: float = 0.1
     subtask_weights: tuple[tuple[str, float], ...] = (
         ("listing", 0.2),
-        ("grounding", 0.2),
+        ("grounding", 0.25),
         ("grounded_caption", 0.1),
         ("caption", 0.15),
         ("vqa", 0.15),
         ("itm", 0.1),
-        ("infill", 0.1),
+        ("infill", 0.05),
     )
     refcoco_objects: tuple[int, int] = (3, 6)
     refcoco_held_out_fraction: float = 0.5  # of train/val referents; testA 0, testB 1
@@ -144,7 +146,7 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         "cpu",
         {
-            "pretrain": {"train": 30000, "val": 1000},
+            "pretrain": {"train": 150000, "val": 1000},
             "refcoco": {"train": 4000, "val": 500, "testA": 500, "testB": 500},
             "snli_ve": {"train": 4000, "dev": 500, "test": 500},
             "caption": {"train": 3000, "val": 500, "test": 500},
@@ -245,18 +247,20 @@ def _refcoco_item(split: str, i: int, seed: int, image_size: int, ws: WorldSetti
 
 
 def _snli_ve_item(split: str, i: int, seed: int, image_size: int, ws: WorldSettings) -> Item:
+    """Label first, hypothesis second (independent of the label), then a scene that gives the pair."""
     rng = scene_rng(seed, f"snli_ve/{split}", i)
     label = VE_LABELS[int(rng.integers(3))]
     lo, hi = ws.ve_objects
     for attempt in range(400):
         if attempt % 20 == 0:
-            forced = (ObjSpec(covered=True),) if label == "neutral" else ()
-            scene = sample_scene(rng, SceneConfig(image_size, lo, hi, "all", ws.ve_covered_prob), forced=forced)
-        h = ve_hypothesis(scene, rng)
-        if h is not None and h[1] == label:
-            fields = {"hypothesis": h[0], "premise": ve_premise(scene, rng), "label": label}
-            return Item("snli_ve", split, i, scene, fields)
-    raise RuntimeError(f"could not build a {label} hypothesis")  # pragma: no cover
+            claim = ve_claim(rng)
+        forced = ve_forced(claim, label, rng)
+        scene = sample_scene(rng, SceneConfig(image_size, lo, max(hi, len(forced)), "all", ws.ve_covered_prob),
+                             forced=forced)
+        if ve_label(scene, claim) == label:
+            fields = {"hypothesis": claim.text, "premise": ve_premise(scene, claim, rng), "label": label}
+            return Item("snli_ve", split, i, scene, fields, {"kind": claim.kind, "claim": claim})
+    raise RuntimeError(f"could not build a {label} example")  # pragma: no cover
 
 
 def _caption_item(split: str, i: int, seed: int, image_size: int, ws: WorldSettings) -> Item:

@@ -12,6 +12,7 @@ questions, the "maybe" label, or the downstream caption styles. See ``data/READM
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from mmprompt.data.world import (
     SIZES,
     Desc,
     Obj,
+    ObjSpec,
     Scene,
     describe,
     matching,
@@ -341,79 +343,111 @@ def _count_phrase(n: int, noun: str) -> str:
     return f"{NUMBER_WORDS[n]} {noun if n == 1 else plural(noun)}"
 
 
-def _exists_label(scene: Scene, desc: Desc) -> str:
-    sure, maybe = matching(scene, desc)
-    return "entailment" if sure else ("neutral" if maybe else "contradiction")
+@dataclass(frozen=True)
+class VEClaim:
+    """A hypothesis chosen before its scene, so its words carry no hint of the label.
+
+    ``kind``: "exists" ("there is a red circle"), "count" ("there are two red circles"), "attribute"
+    ("the circle is red": the scene's only circle) or "relation" ("the red circle is left of the blue star").
+    """
+
+    kind: str
+    text: str
+    descs: tuple[Desc, ...]
+    n: int = 0
+    rel: str = ""
 
 
-def _count_label(scene: Scene, desc: Desc, n: int) -> str:
-    sure, maybe = matching(scene, desc)
-    if not maybe:
-        return "entailment" if n == len(sure) else "contradiction"
-    return "neutral" if len(sure) <= n <= len(sure) + len(maybe) else "contradiction"
+VE_KINDS = ("exists", "count", "attribute", "relation")
 
 
-def ve_hypothesis(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
-    """A random hypothesis about the scene and its three-valued label (entailment/contradiction/neutral)."""
-    kind = _pick(rng, ("exists", "exists", "count", "relation", "covered"))
-    objs = scene.objects
+def ve_claim(rng: np.random.Generator) -> VEClaim:
+    """A random hypothesis, independent of any scene (and so of its label)."""
+    kind = _pick(rng, VE_KINDS)
+    shape, color = _pick(rng, SHAPES), _pick(rng, COLOR_NAMES)
     if kind == "exists":
-        if rng.random() < 0.5:
-            o = _pick(rng, objs)
-            desc = Desc(o.shape, _pick(rng, COLOR_NAMES) if rng.random() < 0.5 else o.color)
-        else:
-            desc = Desc(_pick(rng, SHAPES), _pick(rng, COLOR_NAMES))
-        if rng.random() < 0.2:
-            desc = Desc(desc.shape, desc.color, _pick(rng, SIZES))
+        desc = Desc(shape, color, _pick(rng, SIZES) if rng.random() < 0.2 else None)
         text = _pick(rng, ("there is {}", "the image contains {}", "{} is in the picture")).format(article(desc.phrase()))
-        return text, _exists_label(scene, desc)
+        return VEClaim(kind, text, (desc,))
     if kind == "count":
-        o = _pick(rng, objs)
-        desc = Desc(o.shape, o.color if (rng.random() < 0.5 and not o.covered) else None)
-        sure, maybe = matching(scene, desc)
-        n = max(1, min(6, len(sure) + int(rng.integers(-1, 2 + len(maybe)))))
-        verb = "is" if n == 1 else "are"
+        desc, n = Desc(shape, color), int(rng.integers(1, 4))
         text = _pick(rng, ("there {v} {c}", "there {v} exactly {c}", "the picture shows {c}")).format(
-            v=verb, c=_count_phrase(n, desc.phrase())
+            v="is" if n == 1 else "are", c=_count_phrase(n, desc.phrase())
         )
-        return text, _count_label(scene, desc, n)
-    if kind == "relation":
-        visible = [i for i, o in enumerate(objs) if not o.covered]
-        if len(visible) < 2:
-            return None
-        a, b = (int(v) for v in rng.choice(visible, size=2, replace=False))
-        da, db = describe(objs[a], True, False), describe(objs[b], True, False)
-        if unique_referent(scene, da) != a or unique_referent(scene, db) != b:
-            return None
-        rel = _pick(rng, ("left", "right", "above", "below"))
-        holds = relation_holds(objs[a], objs[b], rel, scene.image_size)
-        if holds is None:
-            return None
-        text = f"the {da.phrase()} is {_pick(rng, REL_PHRASES[rel])} the {db.phrase()}"
-        return text, "entailment" if holds else "contradiction"
-    covered = [o for o in objs if o.covered]
-    if covered and rng.random() < 0.7:
-        o = _pick(rng, covered)
-        text = _pick(rng, ("the covered {s} is {c}", "the {s} under the cover is {c}")).format(
-            s=o.shape, c=_pick(rng, COLOR_NAMES)
-        )
-        sure, _ = matching(scene, Desc(o.shape, covered=True))
-        return (text, "neutral") if len(sure) == 1 else None
-    desc = Desc(_pick(rng, SHAPES), covered=True)
-    text = _pick(rng, ("there is a covered {s}", "one of the {ss} is covered")).format(s=desc.shape, ss=plural(desc.shape))
-    if text.startswith("one of") and len(matching(scene, Desc(desc.shape))[0]) < 2:
+        return VEClaim(kind, text, (desc,), n=n)
+    if kind == "attribute":
+        text = _pick(rng, ("the {s} is {c}", "the {s} in the image is {c}", "the color of the {s} is {c}"))
+        return VEClaim(kind, text.format(s=shape, c=color), (Desc(shape, color),))
+    other = _pick(rng, [s for s in SHAPES if s != shape])
+    da, db = Desc(shape, color), Desc(other, _pick(rng, COLOR_NAMES))
+    rel = _pick(rng, ("left", "right", "above", "below"))
+    return VEClaim(kind, f"the {da.phrase()} is {_pick(rng, REL_PHRASES[rel])} the {db.phrase()}", (da, db), rel=rel)
+
+
+def ve_label(scene: Scene, claim: VEClaim) -> str | None:
+    """The label of ``claim`` in ``scene``; None when the scene leaves the claim ill-posed (e.g. two
+    circles for "the circle is red"). Neutral means only a covered (colourless) object could decide it."""
+    desc = claim.descs[0]
+    sure, maybe = matching(scene, desc)
+    if claim.kind == "exists":
+        return "entailment" if sure else ("neutral" if maybe else "contradiction")
+    if claim.kind == "count":
+        if not maybe:
+            return "entailment" if claim.n == len(sure) else "contradiction"
+        return "neutral" if len(sure) <= claim.n <= len(sure) + len(maybe) else "contradiction"
+    same_shape = matching(scene, Desc(desc.shape))[0]
+    if len(same_shape) != 1:
         return None
-    return text, _exists_label(scene, desc)
+    obj = scene.objects[same_shape[0]]
+    if claim.kind == "attribute":
+        return "neutral" if obj.covered else ("entailment" if obj.color == desc.color else "contradiction")
+    b = unique_referent(scene, claim.descs[1])
+    if b is None or (not obj.covered and obj.color != desc.color):
+        return None
+    if obj.covered:
+        return "neutral"
+    holds = relation_holds(obj, scene.objects[b], claim.rel, scene.image_size)
+    return None if holds is None else ("entailment" if holds else "contradiction")
 
 
-def ve_premise(scene: Scene, rng: np.random.Generator) -> str:
-    """A partial description of the scene (object count and one object), like an image caption."""
-    o = _pick(rng, scene.objects)
-    n = len(scene.objects)
-    head = "there is one object" if n == 1 else f"there are {NUMBER_WORDS[n]} objects"
-    return _pick(rng, ("{h}, including {o}", "{h}; one of them is {o}", "{o} and other shapes")).format(
-        h=head, o=article(describe(o, True, bool(rng.random() < 0.3)).phrase())
-    )
+def _as_spec(desc: Desc, covered: bool = False) -> ObjSpec:
+    return ObjSpec(desc.shape, None if covered else desc.color, desc.size, covered=covered)
+
+
+def _other_color(desc: Desc, rng: np.random.Generator) -> Desc:
+    return Desc(desc.shape, _pick(rng, [c for c in COLOR_NAMES if c != desc.color]), desc.size)
+
+
+def ve_forced(claim: VEClaim, label: str, rng: np.random.Generator) -> tuple[ObjSpec, ...]:
+    """Objects to place so that a sampled scene likely gives ``claim`` the wanted ``label``
+    (:func:`ve_label` has the last word)."""
+    desc = claim.descs[0]
+    if claim.kind == "count":
+        n = claim.n
+        if label == "neutral":
+            return (_as_spec(desc),) * (n - 1) + (_as_spec(desc, covered=True),)
+        k = n if label == "entailment" else _pick(rng, [m for m in (n - 1, n + 1) if m >= 0])
+        return (_as_spec(desc),) * k
+    if label == "neutral":
+        first = _as_spec(desc, covered=True)
+    elif label == "entailment" or claim.kind == "relation":
+        first = _as_spec(desc)
+    elif claim.kind == "attribute":
+        first = _as_spec(_other_color(desc, rng))
+    else:
+        return ()
+    return (first,) + tuple(_as_spec(d) for d in claim.descs[1:])
+
+
+def ve_premise(scene: Scene, claim: VEClaim, rng: np.random.Generator) -> str:
+    """A caption-like premise naming one object the hypothesis does not talk about (so the text alone
+    cannot settle the label)."""
+    shapes = {d.shape for d in claim.descs}
+    others = [o for o in scene.objects if o.shape not in shapes]
+    if not others:
+        return "a picture of some shapes"
+    phrase = article(describe(_pick(rng, others), True, bool(rng.random() < 0.3)).phrase())
+    return _pick(rng, ("{} and other shapes", "one of the shapes is {}", "a picture with {} among other shapes")).format(phrase)
 
 
 # ------------------------------------------------------------------ caption
