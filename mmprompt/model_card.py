@@ -1,12 +1,15 @@
 """Model cards for the shipped nano checkpoints, with the measurements that show they are worth tuning.
 
-``python -m mmprompt.model_card data/checkpoints/ofa-nano [--transfer [--tasks …]] [--profile cpu] [--rescore]``
+``python -m mmprompt.model_card data/checkpoints/ofa-nano [--transfer] [--methods] [--tasks …] [--profile cpu]``
 
 * zero-shot scores on each downstream validation split;
 * with ``--transfer``: at one equal budget per task, finetuning the pretrained checkpoint vs the same
-  architecture from random initialisation, and prefix tuning vs zero-shot (results cached in
-  ``transfer.json`` beside the card after each run, so an interrupted study resumes and the card can be
-  rewritten without re-running them; zero-shot scores are kept in ``zero_shot.json`` likewise);
+  architecture from random initialisation, and prefix tuning vs zero-shot;
+* with ``--methods``: the light-weight baselines (BitFit, Adapter, LoRA) at the same budget, beside prefix
+  tuning and finetuning, with trainable parameters and wall time;
+* every run is cached in ``tuning.json`` beside the card as soon as it ends, so an interrupted study
+  resumes and the card can be rewritten without re-running anything (zero-shot scores are kept in
+  ``zero_shot.json`` likewise; ``--rescore`` measures them again);
 * perception: colour/shape/size/box accuracy of object listings (:mod:`mmprompt.perception`);
 * ``README.md`` written from ``config.json``, ``pretrain.json`` (steps, wall time, machine, curriculum)
   and the loss curve ``pretrain_loss.png``.
@@ -23,11 +26,13 @@ from mmprompt.backbones import load_model
 from mmprompt.experiment import tune
 from mmprompt.perception import FIELDS, grounding_by_objects, perception
 from mmprompt.profiles import SPLITS, TASKS, get_profile
-from mmprompt.training.checkpoint import write_json
+from mmprompt.atomic import write_json
 
 logger = logging.getLogger(__name__)
 
 TRANSFER_RUNS = (("zero-shot", True), ("prefix", True), ("finetune", True), ("finetune", False))
+METHOD_RUNS = (("zero-shot", True), ("prefix", True), ("finetune", True), ("bitfit", True), ("adapter", True),
+               ("lora", True))
 
 
 def _label(method: str, pretrained: bool) -> str:
@@ -40,10 +45,11 @@ def _settings(profile: str, steps: int | None) -> dict:
             "eval_examples": prof.eval_examples}
 
 
-def transfer_study(model_dir: Path, profile: str = "cpu", steps: int | None = None,
-                   tasks: tuple[str, ...] = TASKS, data_dir: Path | None = None,
-                   path: Path | None = None, zero: dict | None = None) -> dict:
-    """Score every run of :data:`TRANSFER_RUNS` on each task's validation split; returns a JSON-able dict.
+def tuning_study(model_dir: Path, profile: str = "cpu", steps: int | None = None,
+                 tasks: tuple[str, ...] = TASKS, data_dir: Path | None = None,
+                 path: Path | None = None, zero: dict | None = None,
+                 runs: tuple[tuple[str, bool], ...] = TRANSFER_RUNS) -> dict:
+    """Score each (method, pretrained?) of ``runs`` on each task's validation split; returns a JSON-able dict.
 
     With ``path``, the study is resumable: rows already in that file (measured at the same settings) are
     kept, and the file is rewritten atomically after each new run. Zero-shot rows are taken from ``zero``
@@ -60,7 +66,7 @@ def transfer_study(model_dir: Path, profile: str = "cpu", steps: int | None = No
         else:
             logger.info("%s was measured at other settings: starting afresh", path)
     for task in tasks:
-        for method, pretrained in TRANSFER_RUNS:
+        for method, pretrained in dict.fromkeys(runs):
             label = _label(method, pretrained)
             if any(r["task"] == task and r["run"] == label for r in study["rows"]):
                 continue
@@ -96,12 +102,17 @@ def _fmt(value: float, metric: str) -> str:
     return f"{value:.3f}" if metric == "cider" else f"{100 * value:.1f}"
 
 
-def _transfer_table(transfer: dict) -> list[str]:
+def _cells(study: dict, task: str) -> dict[str, dict]:
+    return {r["run"]: r for r in study["rows"] if r["task"] == task}
+
+
+def transfer_table(study: dict) -> list[str]:
+    """Markdown: one row per task, one column per transfer run (scores)."""
     runs = [_label(m, p) for m, p in TRANSFER_RUNS]
     lines = ["| task (metric) | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
     for task in TASKS:
-        cells = {r["run"]: r for r in transfer["rows"] if r["task"] == task}
-        if not cells:
+        cells = _cells(study, task)
+        if not any(r in cells for r in runs[1:]):
             continue
         metric = next(iter(cells.values()))["metric"]
         lines.append(f"| {task} ({metric}) | " + " | ".join(
@@ -109,7 +120,22 @@ def _transfer_table(transfer: dict) -> list[str]:
     return lines
 
 
-def write_card(model_dir: Path, zero: dict, transfer: dict | None, seen: dict | None = None) -> Path:
+def methods_table(study: dict) -> list[str]:
+    """Markdown: score, trainable parameters and training wall time of each method on each task."""
+    runs = [_label(m, p) for m, p in METHOD_RUNS]
+    lines = ["| task (metric) | method | score | trainable | train time |", "|---|---|---:|---:|---:|"]
+    for task in TASKS:
+        cells = _cells(study, task)
+        if not any(r in cells for r in runs[3:]):
+            continue
+        for run in (r for r in runs if r in cells):
+            c = cells[run]
+            lines.append(f"| {task} ({c['metric']}) | {run} | {_fmt(c['score'], c['metric'])} | "
+                         f"{c['trainable']:,} | {c['train_time_s'] / 60:.1f} min |")
+    return lines
+
+
+def write_card(model_dir: Path, zero: dict, study: dict | None, seen: dict | None = None) -> Path:
     """Write ``README.md`` for the checkpoint in ``model_dir``."""
     config = json.loads((model_dir / "config.json").read_text())
     record = json.loads((model_dir / "pretrain.json").read_text())
@@ -124,8 +150,8 @@ def write_card(model_dir: Path, zero: dict, transfer: dict | None, seen: dict | 
         f"vocabulary {config['vocab_size']}; {record['parameters']:,} parameters.",
         "",
         "## Pretraining",
-        f"- data: captioning, grounding, grounded captioning, image–text matching, VQA, object listing with boxes, "
-        f"text infilling (see `data/README.md`); curriculum by objects per scene:",
+        "- data: captioning, grounding, grounded captioning, image–text matching, VQA, object listing with boxes, "
+        "text infilling (see `data/README.md`); curriculum by objects per scene:",
     ]
     for k, st in enumerate(record.get("stages", [])):
         lines.append(f"  - stage {k}: ≤ {st['max_objects']} objects, {st['examples']:,} examples, "
@@ -178,16 +204,14 @@ def write_card(model_dir: Path, zero: dict, transfer: dict | None, seen: dict | 
             "",
             f"Measured by `python -m mmprompt.perception {model_dir}`.",
         ]
-    if transfer:
-        lines += [
-            "",
-            f"## Worth tuning? (`{transfer['profile']}` profile: {transfer['steps']} steps at batch "
-            f"{transfer['batch_size']} for every trained run; validation split, ≤ {transfer['eval_examples']} examples)",
-            *_transfer_table(transfer),
-            "",
-            "Accuracies in %, CIDEr-D raw. Measured by "
-            f"`python -m mmprompt.model_card {model_dir} --transfer --profile {transfer['profile']}`.",
-        ]
+    if study:
+        setting = (f"`{study['profile']}` profile: {study['steps']} steps at batch {study['batch_size']} for "
+                   f"every trained run; validation split, ≤ {study['eval_examples']} examples")
+        command = f"`python -m mmprompt.model_card {model_dir} --transfer --methods --profile {study['profile']}`"
+        for title, table in (("Worth tuning?", transfer_table(study)), ("Tuning methods", methods_table(study))):
+            if len(table) > 2:
+                lines += ["", f"## {title} ({setting})", *table]
+        lines += ["", f"Accuracies in %, CIDEr-D raw. Measured by {command}."]
     path = model_dir / "README.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -199,28 +223,27 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m mmprompt.model_card", description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", type=Path)
     p.add_argument("--profile", default="cpu", choices=["ci", "cpu"])
-    p.add_argument("--transfer", action="store_true", help="run (or re-run) the transfer study")
+    p.add_argument("--transfer", action="store_true", help="run the transfer study (resumes from tuning.json)")
+    p.add_argument("--methods", action="store_true", help="run the light-weight baselines (BitFit, Adapter, LoRA)")
     p.add_argument("--steps", type=int, default=None, help="override the profile's tuning steps")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="tasks of the transfer study")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="tasks of the tuning study")
     p.add_argument("--rescore", action="store_true", help="re-measure zero-shot scores kept in zero_shot.json")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    zero_path, transfer_path = a.model_dir / "zero_shot.json", a.model_dir / "transfer.json"
+    zero_path, study_path = a.model_dir / "zero_shot.json", a.model_dir / "tuning.json"
     zero = json.loads(zero_path.read_text()) if zero_path.is_file() else {}
     if a.rescore or any(z.get("profile") != a.profile for z in zero.values()) or set(zero) != set(TASKS):
         zero = zero_shot(a.model_dir, a.profile)
         write_json(zero_path, zero)
-    transfer = None
-    if a.transfer:
-        transfer = transfer_study(a.model_dir, a.profile, a.steps, tuple(a.tasks), path=transfer_path,
-                                  zero=zero)
-    elif transfer_path.is_file():
-        transfer = json.loads(transfer_path.read_text())
+    runs = (TRANSFER_RUNS if a.transfer else ()) + (METHOD_RUNS if a.methods else ())
+    study = json.loads(study_path.read_text()) if study_path.is_file() else None
+    if runs:
+        study = tuning_study(a.model_dir, a.profile, a.steps, tuple(a.tasks), path=study_path, zero=zero, runs=runs)
     backbone = load_model(a.model_dir)
     seen = {"listing": perception(backbone, profile=a.profile),
             "grounding_by_objects": grounding_by_objects(backbone, profile=a.profile)}
     write_json(a.model_dir / "perception.json", seen)
-    print(write_card(a.model_dir, zero, transfer, seen))
+    print(write_card(a.model_dir, zero, study, seen))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 
 import nbformat
 
-from mmprompt.runs import atomic_write_text
+from mmprompt.atomic import write_text
 
 log = logging.getLogger("mmprompt.notebook_tools")  # same name under `python -m`
 
@@ -212,7 +212,7 @@ def sync(root: str | Path) -> list[Path]:
     changed = []
     for path, (old, new) in _expected(list_notebooks(root), info).items():
         if old != new:
-            atomic_write_text(path, new)
+            write_text(path, new)
             changed.append(path)
             log.info("synced %s", path.name)
     return changed
@@ -282,7 +282,7 @@ def strip(paths: Sequence[str | Path]) -> list[Path]:
         old = p.read_text(encoding="utf-8")
         new = nbformat.writes(strip_notebook(nbformat.reads(old, as_version=4))) + "\n"
         if new != old:
-            atomic_write_text(p, new)
+            write_text(p, new)
             changed.append(p)
             log.info("stripped %s", p.name)
     return changed

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Subset
 from mmprompt.data import PretrainDataset, ensure_synthetic, load_tokenizer, split_path
 from mmprompt.models.ofa import OFAModel, PRESETS
 from mmprompt.train import TrainConfig, load_weights, seq2seq_loss, train
-from mmprompt.training.checkpoint import load_tensors, save_tensors, write_json
+from mmprompt.atomic import write_json
+from mmprompt.training.checkpoint import load_tensors, save_tensors
 from mmprompt.vision_warmup import warm_up_resnet
 
 logger = logging.getLogger(__name__)

@@ -54,6 +54,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mmprompt import atomic
+
 log = logging.getLogger("mmprompt.runs")  # same name under `python -m`
 
 PROFILES: tuple[str, ...] = ("ci", "cpu", "gpu")
@@ -69,25 +71,9 @@ _ENV_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", 
 # --------------------------------------------------------------------------------------------
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file in the same directory + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """Atomically write ``data`` as pretty, key-sorted JSON."""
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    """Atomically write ``data`` as key-sorted JSON (NaN refused: run records must stay valid JSON)."""
+    return atomic.write_json(path, data, sort_keys=True, allow_nan=False)
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -498,7 +484,7 @@ def _relocate_run_dir(nb_path: Path, tmp_dir: Path, final_dir: Path) -> None:
         record["parameters"][RUN_DIR_PARAM] = new
     if isinstance(record.get("output_path"), str):
         record["output_path"] = record["output_path"].replace(old, new)
-    atomic_write_text(nb_path, nbformat.writes(nb))
+    atomic.write_text(nb_path, nbformat.writes(nb))
 
 
 def _validate_run_request(notebook: Path, params: Mapping[str, Any], config: RunConfig) -> dict[str, Any]:
@@ -584,7 +570,7 @@ def execute_run(notebook: str | os.PathLike[str], params: Mapping[str, Any], con
                                                   "kernel_name": config.kernel_name})
         _relocate_run_dir(tmp_dir / notebook.name, tmp_dir, failed_dir if error else final_dir)
         if error:
-            atomic_write_text(tmp_dir / "error.txt", error)
+            atomic.write_text(tmp_dir / "error.txt", error)
             write_json(tmp_dir / "run.json", info)
             _replace_dir(tmp_dir, failed_dir)
             first = next((ln for ln in error.splitlines() if ln.startswith("exception:")), error.splitlines()[0])

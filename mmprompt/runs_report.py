@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmprompt.runs import FAILED_SUFFIX, atomic_write_text, read_json
+from mmprompt.atomic import write_text
+from mmprompt.runs import FAILED_SUFFIX, read_json
 
 log = logging.getLogger(__name__)
 
@@ -235,5 +236,5 @@ def write_report(root: str | os.PathLike[str], out: str | os.PathLike[str] | Non
         for stale in fig_dir.glob("*.png"):
             if f"]({fig_dir.name}/{stale.name})" not in text:
                 stale.unlink()
-    atomic_write_text(out, text)
+    write_text(out, text)
     return out

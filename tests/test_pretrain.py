@@ -74,14 +74,15 @@ def test_bad_config_is_rejected(kwargs, match):
 
 
 def test_model_card_reports_pretraining_zero_shot_and_transfer(first_run, tiny_synthetic):
-    from mmprompt.model_card import transfer_study, write_card, zero_shot
+    from mmprompt.model_card import METHOD_RUNS, TRANSFER_RUNS, tuning_study, write_card, zero_shot
 
     _, out = first_run
     zero = zero_shot(out, "ci", data_dir=tiny_synthetic)
     assert set(zero) == {"refcoco", "snli_ve", "caption", "vqa"}
-    transfer = transfer_study(out, "ci", steps=1, tasks=("snli_ve",), data_dir=tiny_synthetic, zero=zero)
+    transfer = tuning_study(out, "ci", steps=1, tasks=("snli_ve",), data_dir=tiny_synthetic, zero=zero,
+                            runs=TRANSFER_RUNS + METHOD_RUNS)
     runs = [r["run"] for r in transfer["rows"]]
-    assert runs == ["zero-shot", "prefix", "finetune", "finetune (random init)"]
+    assert runs == ["zero-shot", "prefix", "finetune", "finetune (random init)", "bitfit", "adapter", "lora"]
     assert transfer["rows"][0]["score"] == zero["snli_ve"]["score"]
     seen = {"listing": {"size": 1.0, "colour": 0.125, "shape": 0.25, "box": 0.5, "n": 8},
             "grounding_by_objects": {"1": {"acc": 1.0, "n": 3}, "2": {"acc": 0.25, "n": 4}}}
@@ -90,23 +91,24 @@ def test_model_card_reports_pretraining_zero_shot_and_transfer(first_run, tiny_s
     assert "## Pretraining" in card and "stage 1: ≤ 4 objects" in card and "pretrain_loss.png" in card
     assert "ResNet warm-up first" in card and "--resnet-warmup-steps 2" in card
     assert f"{100 * zero['vqa']['score']:.1f}" in card and "finetune (random init)" in card
+    assert "## Tuning methods" in card and "| snli_ve (accuracy) | lora |" in card
 
 
-def test_transfer_study_resumes_from_its_file(first_run, tiny_synthetic, tmp_path, monkeypatch):
+def test_tuning_study_resumes_from_its_file(first_run, tiny_synthetic, tmp_path, monkeypatch):
     import mmprompt.model_card as mc
 
     _, out = first_run
-    path = tmp_path / "transfer.json"
-    first = mc.transfer_study(out, "ci", steps=1, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
+    path = tmp_path / "tuning.json"
+    first = mc.tuning_study(out, "ci", steps=1, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
     assert [r["run"] for r in first["rows"]] == ["zero-shot", "prefix", "finetune", "finetune (random init)"]
 
     def no_tuning(*args, **kwargs):
         raise AssertionError("a finished run was measured again")
 
     monkeypatch.setattr(mc, "tune", no_tuning)
-    again = mc.transfer_study(out, "ci", steps=1, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
+    again = mc.tuning_study(out, "ci", steps=1, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
     assert again == first == json.loads(path.read_text())
     with pytest.raises(AssertionError, match="measured again"):  # other settings: nothing is reused
-        mc.transfer_study(out, "ci", steps=2, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
+        mc.tuning_study(out, "ci", steps=2, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
     with pytest.raises(ValueError, match="tasks=\\['coco'\\]"):
-        mc.transfer_study(out, "ci", tasks=("coco",), path=path)
+        mc.tuning_study(out, "ci", tasks=("coco",), path=path)

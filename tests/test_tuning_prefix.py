@@ -17,6 +17,7 @@ from mmprompt.tuning import (
     remove_method,
     remove_prefix,
 )
+from mmprompt.models.florence2 import enable_checkpointing
 from mmprompt.tuning.injection import attach, provider_of
 from mmprompt.tuning.prefix import plan_sites
 from mmprompt.tuning.sites import discover_sites
@@ -140,7 +141,7 @@ def test_gradient_checkpointing_gives_same_gradients(backbone, reparam):
     model.train()
     x, y = batch(6)
     plain = _prefix_grads(model, x, y)
-    model.activation_checkpointing_enable()
+    enable_checkpointing(model)
     assert model.model.encoder.layers[0].gradient_checkpointing
     checkpointed = _prefix_grads(model, x, y)
     assert plain.keys() == checkpointed.keys() and plain
@@ -153,7 +154,7 @@ def test_reentrant_checkpointing_is_refused_clearly():
     model = tiny_bart()
     apply_prefix(model, strong())
     model.train()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    enable_checkpointing(model, use_reentrant=True)
     x, y = batch(6)
     with pytest.raises(ValueError, match="non-reentrant"):
         model(input_ids=x, labels=y)

@@ -10,23 +10,20 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import resource
 import statistics
-import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import torch
 
 __all__ = ["RssSampler", "call", "interleaved", "measure_peak", "paired_ratio", "peak_rss_bytes", "rss_bytes",
-           "setup_process", "synchronize", "timed", "write_json"]
+           "setup_process", "synchronize", "timed"]
 
 MB = 2**20
 
@@ -145,13 +142,3 @@ def call(function: Callable[..., Any], args: tuple, in_process: bool = False) ->
             torch.set_num_threads(threads)
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         return pool.submit(function, *args).result()
-
-
-def write_json(path: str | Path, report: Mapping[str, Any]) -> Path:
-    """Write ``report`` as JSON atomically (temporary file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-        f.write(json.dumps(report, indent=2, default=str) + "\n")
-    Path(f.name).replace(path)
-    return path

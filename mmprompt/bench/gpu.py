@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from mmprompt.bench.common import MB, interleaved, measure_peak, paired_ratio, write_json
+from mmprompt.bench.common import MB, interleaved, measure_peak, paired_ratio
+from mmprompt.atomic import write_json
 from mmprompt.bench.tuning import METHODS, NO_METHOD, Contender, Shape
 from mmprompt.models.ofa.config import PRESETS
 
@@ -231,5 +232,5 @@ def main(argv: list[str] | None = None) -> int:
     print(("DRY RUN on the CPU at a tiny size: the numbers mean nothing.\n" if args.dry_run else "")
           + format_table(report))
     if args.json:
-        write_json(args.json, report)
+        write_json(args.json, report, default=str)
     return 0

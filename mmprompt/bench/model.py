@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mmprompt.bench.common import call, peak_rss_bytes, rss_bytes, write_json
+from mmprompt.bench.common import call, peak_rss_bytes, rss_bytes
+from mmprompt.atomic import write_json
 from mmprompt.models.ofa.config import PRESETS, OFAConfig
 from mmprompt.models.ofa.position import patch_grid_size
 
@@ -207,5 +208,5 @@ def main(argv: list[str] | None = None) -> int:
                  args.seed, args.threads, models, memory=not args.no_memory)
     print(format_table(report))
     if args.json:
-        write_json(args.json, report)
+        write_json(args.json, report, default=str)
     return 0

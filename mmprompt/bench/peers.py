@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import re
 import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -43,7 +41,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mmprompt.bench.common import call, interleaved, measure_peak, setup_process, timed, write_json
+from mmprompt.bench.common import call, interleaved, measure_peak, setup_process, timed
+from mmprompt.atomic import write_json
 from mmprompt.models.florence2.backbone import enable_checkpointing
 
 logger = logging.getLogger(__name__)
@@ -574,6 +573,6 @@ def main(argv: list[str] | None = None) -> int:
                  args.seed, args.threads or None, args.device, not args.no_features, args.rounds, args.in_process)
     print(format_report(report))
     if args.json:
-        write_json(Path(args.json), report)
+        write_json(Path(args.json), report, default=str)
     return 0
 

@@ -44,7 +44,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmprompt.bench.common import call, interleaved, measure_peak, paired_ratio, setup_process, timed, write_json
+from mmprompt.bench.common import call, interleaved, measure_peak, paired_ratio, setup_process, timed
+from mmprompt.atomic import write_json
 from mmprompt.models.ofa.config import PRESETS, OFAConfig
 from mmprompt.models.ofa.position import patch_grid_size
 
@@ -357,5 +358,5 @@ def main(argv: list[str] | None = None) -> int:
                  memory=not args.no_memory, in_process=args.in_process)
     print(format_table(report))
     if args.json:
-        write_json(args.json, report)
+        write_json(args.json, report, default=str)
     return 0

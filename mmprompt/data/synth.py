@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mmprompt.atomic import default_mode, write_json
 from mmprompt.data import tasks as T
 from mmprompt.data.texts import (
     PRETRAIN_SUBTASKS,
@@ -53,7 +54,7 @@ from mmprompt.data.texts import (
     vqa_question,
 )
 from mmprompt.data.tokenizer import train_nano_tokenizer
-from mmprompt.data.tsv import default_mode, encode_image, write_tsv
+from mmprompt.data.tsv import encode_image, write_tsv
 from mmprompt.data.world import (
     COLOR_NAMES,
     HELD_OUT_COMBOS,
@@ -380,15 +381,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.chmod(tmp, default_mode())
-    os.replace(tmp, path)
-
-
 def _write_all(tmp: Path, prof: Profile, seed: int, image_size: int, ws: WorldSettings, max_per_split, progress) -> dict:
     sizes = {t: {s: min(n, max_per_split or n) for s, n in splits.items()} for t, splits in prof.sizes.items()}
     total = sum(n for splits in sizes.values() for n in splits.values())
@@ -405,7 +397,7 @@ def _write_all(tmp: Path, prof: Profile, seed: int, image_size: int, ws: WorldSe
 
                 write_tsv(path, task, rows())
                 files[path.name] = {"rows": n}
-    _write_json(tmp / ANSWER_FILE, {a: i for i, a in enumerate(VQA_ANSWERS)})
+    write_json(tmp / ANSWER_FILE, {a: i for i, a in enumerate(VQA_ANSWERS)})
     build_tokenizer(tmp / TOKENIZER_DIR, ws)
     for name in list(files) + [ANSWER_FILE]:
         files.setdefault(name, {})["sha256"] = _sha256(tmp / name)
@@ -468,7 +460,7 @@ def generate(
             "settings": asdict(ws),
             "files": files,
         }
-        _write_json(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

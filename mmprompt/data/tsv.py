@@ -28,7 +28,6 @@ import binascii
 import io
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from mmprompt.atomic import atomic_write
 from mmprompt.data.texts import PRETRAIN_SUBTASKS
 
 logger = logging.getLogger(__name__)
@@ -377,29 +377,17 @@ def format_row(task: str, values: Iterable[object]) -> str:
     return "\t".join(vals)
 
 
-def default_mode(directory: bool = False) -> int:
-    """Permissions a plain ``open`` would give under the current umask (mkstemp/mkdtemp use 0600/0700)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
-
-
 def write_tsv(path: str | os.PathLike, task: str, rows: Iterable[Iterable[object]]) -> int:
-    """Write rows atomically (temp file in the same directory, then ``os.replace``); returns the row count."""
+    """Write rows atomically; returns the row count."""
     check_task(task)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+
+    def write(tmp: str) -> None:
+        nonlocal n
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             for row in rows:
                 f.write(format_row(task, row) + "\n")
                 n += 1
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
     return n

@@ -15,7 +15,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,61 +25,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmprompt.atomic import default_mode, fsync_file, write_json
+
 __all__ = ["Checkpoint", "append_jsonl", "atomic_dir", "capture_rng", "clean_stale",
            "find_checkpoint", "load_tensors", "read_checkpoint", "restore_rng",
-           "save_tensors", "write_checkpoint", "write_json", "write_jsonl"]
+           "save_tensors", "write_checkpoint"]
 
 WEIGHTS, EMA, BUFFERS, STATE, META = ("weights.safetensors", "ema.safetensors",
                                       "buffers.safetensors", "state.pt", "meta.json")
 _ALIASES = "mmprompt_aliases"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE, _DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()  # mkstemp/mkdtemp use 0600/0700
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (temp file in the same directory + rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, _FILE_MODE)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
-    """Atomically replace ``path`` with one JSON object per line."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, _FILE_MODE)
-        with os.fdopen(fd, "w") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_FILE_MODE, _DIR_MODE = default_mode(), default_mode(directory=True)  # mkstemp/mkdtemp use 0600/0700
 
 
 def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
@@ -142,7 +99,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         yield tmp
         for f in tmp.iterdir():
             os.chmod(f, _FILE_MODE)
-            _fsync(f)
+            fsync_file(f)
         old = final.with_name(final.name + ".old")
         if old.exists():
             shutil.rmtree(old)

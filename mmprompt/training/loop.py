@@ -28,6 +28,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from tqdm.auto import tqdm
 
+from mmprompt.atomic import write_json, write_jsonl
+
 from . import checkpoint as ck
 from .config import TrainConfig
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, gather_objects,
@@ -211,10 +213,10 @@ class _Trainer:
                 for name in ("best", "last", "best.old", "last.old"):
                     if (self.out / name).exists():
                         shutil.rmtree(self.out / name)
-                ck.write_jsonl(self.metrics_path, [])
+                write_jsonl(self.metrics_path, [])
         if self.out and self.dist.is_main:
             ck.clean_stale(self.out)
-            ck.write_json(self.out / "config.json", self.cfg.to_dict())
+            write_json(self.out / "config.json", self.cfg.to_dict())
         barrier()
 
     def _resume(self, path: Path) -> None:
@@ -239,7 +241,7 @@ class _Trainer:
             setattr(self.state, name, st[name])
         ck.restore_rng(st["rng"][self.dist.rank])
         if self.dist.is_main:
-            ck.write_jsonl(self.metrics_path, self.state.history)
+            write_jsonl(self.metrics_path, self.state.history)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step,
                  self.state.epoch, self.state.micro)
 

@@ -15,14 +15,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from mmprompt.atomic import atomic_write, write_json
 from mmprompt.tuning import state as st
 from mmprompt.tuning.prefix import PrefixConfig, PrefixModule, apply_prefix, prefix_module
 from mmprompt.tuning.sites import discover_sites
@@ -81,18 +81,6 @@ def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> l
     return diffs
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_prompt(model: nn.Module, directory: str | os.PathLike, *, fold: bool = False) -> Path:
     """Save the prompt applied to ``model`` into ``directory`` (created if needed); returns the directory.
 
@@ -115,8 +103,8 @@ def save_prompt(model: nn.Module, directory: str | os.PathLike, *, fold: bool = 
         "layers": bank.layers(),
         "fingerprint": fingerprint(model),
     }
-    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    write_json(directory / CONFIG_FILE, meta)
     logger.info("saved prompt (%d tensors) to %s", len(tensors), directory)
     return directory
 

@@ -363,7 +363,7 @@ def _stack_hook(
         if stack.training and torch.is_grad_enabled() and _uses_reentrant_checkpointing(stack):
             raise ValueError(
                 "prefix tuning needs non-reentrant gradient checkpointing (transformers' default); this model "
-                "uses use_reentrant=True: call model.activation_checkpointing_enable() without use_reentrant"
+                "uses use_reentrant=True: enable it with mmprompt.models.florence2.enable_checkpointing(model)"
             )
         bank.refresh(kinds)
 

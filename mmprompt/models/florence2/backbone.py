@@ -85,13 +85,14 @@ def load_florence2(
     return model, processor
 
 
-def enable_checkpointing(model: torch.nn.Module) -> None:
-    """Non-reentrant activation checkpointing (what prefixes need) under the installed release's name."""
+def enable_checkpointing(model: torch.nn.Module, use_reentrant: bool = False) -> None:
+    """Activation checkpointing of a transformers model under the installed release's method name
+    (non-reentrant by default: what prefixes need)."""
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     else:  # transformers releases before the rename
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
 
 
 # ------------------------------------------------------------------ prediction

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from mmprompt.atomic import atomic_write, write_text
 
 from .config import OFAConfig
 from .modeling import OFAModel
@@ -201,18 +201,6 @@ def from_pretrained(
 
 
 # ------------------------------------------------------------------------------------------- saving
-def _atomic_write(final: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_pretrained(model: OFAModel, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (each atomically); tied copies are stored once."""
     directory = Path(directory)
@@ -220,13 +208,8 @@ def save_pretrained(model: OFAModel, directory: str | Path) -> Path:
     canonical = {name for name, _ in model.named_parameters()}
     tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - canonical
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
-    _atomic_write(directory / SAFETENSORS_NAME,
-                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "tied": json.dumps(sorted(tied))}))
-    config_text = model.config.to_json_string()
-
-    def write_config(tmp: str) -> None:
-        Path(tmp).write_text(config_text)
-
-    _atomic_write(directory / CONFIG_NAME, write_config)
+    atomic_write(directory / SAFETENSORS_NAME,
+                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "tied": json.dumps(sorted(tied))}))
+    write_text(directory / CONFIG_NAME, model.config.to_json_string())
     logger.info("saved %s (%d tensors) to %s", type(model).__name__, len(tensors), directory)
     return directory
