@@ -18,15 +18,18 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
+from mmprompt.atomic import write_json
 from mmprompt.backbones import load_model
 from mmprompt.experiment import tune
 from mmprompt.perception import FIELDS, grounding_by_objects, perception
 from mmprompt.profiles import SPLITS, TASKS, get_profile
-from mmprompt.atomic import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -45,46 +48,75 @@ def _settings(profile: str, steps: int | None) -> dict:
             "eval_examples": prof.eval_examples}
 
 
+def _stored_rows(path: Path | None, settings: dict) -> list[dict]:
+    """Rows of the study file at ``path`` measured at ``settings`` (none if it is absent or differs)."""
+    if path is None or not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    if any(old.get(k) != v for k, v in settings.items()):
+        logger.info("%s was measured at other settings: its rows are not reused", path)
+        return []
+    return old["rows"]
+
+
+@contextmanager
+def _locked(directory: Path):
+    """Serialise read-merge-write of a study file between processes (a lock on its directory)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _record(path: Path, settings: dict, row: dict) -> None:
+    with _locked(path.parent):
+        rows = [r for r in _stored_rows(path, settings) if (r["task"], r["run"]) != (row["task"], row["run"])]
+        write_json(path, {**settings, "rows": rows + [row]})
+
+
 def tuning_study(model_dir: Path, profile: str = "cpu", steps: int | None = None,
                  tasks: tuple[str, ...] = TASKS, data_dir: Path | None = None,
                  path: Path | None = None, zero: dict | None = None,
                  runs: tuple[tuple[str, bool], ...] = TRANSFER_RUNS) -> dict:
     """Score each (method, pretrained?) of ``runs`` on each task's validation split; returns a JSON-able dict.
 
-    With ``path``, the study is resumable: rows already in that file (measured at the same settings) are
-    kept, and the file is rewritten atomically after each new run. Zero-shot rows are taken from ``zero``
-    (:func:`zero_shot`'s result) where it was measured at the same profile.
+    With ``path``, the study is resumable and can be split between processes (e.g. by ``tasks``): rows
+    already in that file (measured at the same settings) are kept, and each new row is merged into it
+    atomically as soon as its run ends. Zero-shot rows are taken from ``zero`` (:func:`zero_shot`'s
+    result) where it was measured at the same profile.
     """
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"tasks={unknown!r}; allowed: {list(TASKS)}")
-    study = {**_settings(profile, steps), "rows": []}
-    if path is not None and path.is_file():
-        old = json.loads(path.read_text())
-        if all(old.get(k) == v for k, v in study.items() if k != "rows"):
-            study["rows"] = old["rows"]
-        else:
-            logger.info("%s was measured at other settings: starting afresh", path)
+    settings, rows = _settings(profile, steps), []  # rows: only when there is no file to keep them
+
+    def done() -> list[dict]:
+        return rows if path is None else _stored_rows(path, settings)
+
     for task in tasks:
         for method, pretrained in dict.fromkeys(runs):
             label = _label(method, pretrained)
-            if any(r["task"] == task and r["run"] == label for r in study["rows"]):
+            if any(r["task"] == task and r["run"] == label for r in done()):
                 continue
             known = (zero or {}).get(task, {})
             if method == "zero-shot" and known.get("profile") == profile:
-                row = {"metric": known["metric"], "score": known["score"], "trainable": 0, "steps": 0,
-                       "train_time_s": 0.0}
+                result = {"metric": known["metric"], "score": known["score"], "trainable": 0, "steps": 0,
+                          "train_time_s": 0.0}
             else:
                 backbone = load_model(model_dir, pretrained=pretrained)
                 r = tune(backbone, task, method, profile=profile, steps=steps, data_dir=data_dir,
                          test_splits=False, progress=False)
-                row = {"metric": r.metric, "score": r.score, "trainable": r.trainable, "steps": r.steps,
-                       "train_time_s": r.train_time_s}
-            study["rows"].append({"task": task, "run": label, **row})
-            logger.info("%s %s: %s=%.4f", task, label, row["metric"], row["score"])
-            if path is not None:
-                write_json(path, study)
-    return study
+                result = {"metric": r.metric, "score": r.score, "trainable": r.trainable, "steps": r.steps,
+                          "train_time_s": r.train_time_s}
+            logger.info("%s %s: %s=%.4f", task, label, result["metric"], result["score"])
+            row = {"task": task, "run": label, **result}
+            if path is None:
+                rows.append(row)
+            else:
+                _record(path, settings, row)
+    return {**settings, "rows": done()}
 
 
 def zero_shot(model_dir: Path, profile: str = "cpu", data_dir: Path | None = None) -> dict[str, dict]:

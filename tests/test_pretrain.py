@@ -101,6 +101,11 @@ def test_tuning_study_resumes_from_its_file(first_run, tiny_synthetic, tmp_path,
     path = tmp_path / "tuning.json"
     first = mc.tuning_study(out, "ci", steps=1, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
     assert [r["run"] for r in first["rows"]] == ["zero-shot", "prefix", "finetune", "finetune (random init)"]
+    other = mc.tuning_study(out, "ci", steps=1, tasks=("snli_ve",), data_dir=tiny_synthetic, path=path,
+                            runs=(("zero-shot", True),))  # e.g. a second process on another task: rows merge
+    assert [(r["task"], r["run"]) for r in other["rows"]][-2:] == [("vqa", "finetune (random init)"),
+                                                                  ("snli_ve", "zero-shot")]
+    first["rows"] = other["rows"]
 
     def no_tuning(*args, **kwargs):
         raise AssertionError("a finished run was measured again")
