@@ -52,6 +52,12 @@ def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs) -> Path:
     return write_text(path, json.dumps(obj, **{"indent": 2, **dump_kwargs}) + "\n")
 
 
+def write_figure(path: str | os.PathLike, fig: Any, **savefig_kwargs) -> Path:
+    """Save the matplotlib figure ``fig`` atomically, in the format named by ``path``'s suffix."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **savefig_kwargs))
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
     """Replace ``path`` atomically with one JSON object per line."""
     return write_text(path, "".join(json.dumps(r) + "\n" for r in records))

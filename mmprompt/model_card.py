@@ -25,7 +25,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from mmprompt.atomic import write_json
+from mmprompt.atomic import write_json, write_text
 from mmprompt.backbones import load_model
 from mmprompt.experiment import tune
 from mmprompt.perception import FIELDS, grounding_by_objects, perception
@@ -244,11 +244,7 @@ def write_card(model_dir: Path, zero: dict, study: dict | None, seen: dict | Non
             if len(table) > 2:
                 lines += ["", f"## {title} ({setting})", *table]
         lines += ["", f"Accuracies in %, CIDEr-D raw. Measured by {command}."]
-    path = model_dir / "README.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(model_dir / "README.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

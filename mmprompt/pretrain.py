@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from mmprompt.data import PretrainDataset, ensure_synthetic, load_tokenizer, split_path
 from mmprompt.models.ofa import OFAModel, PRESETS
 from mmprompt.train import TrainConfig, load_weights, seq2seq_loss, train
-from mmprompt.atomic import write_json
+from mmprompt.atomic import write_figure, write_json
 from mmprompt.training.checkpoint import load_tensors, save_tensors
 from mmprompt.vision_warmup import warm_up_resnet
 
@@ -196,9 +196,7 @@ def plot_loss_curve(history: list[dict], path: Path) -> None:
     ax.set(xlabel="step", ylabel="loss", title="Pretraining (curriculum stages dotted)")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    write_figure(path, fig, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,6 @@ Run through ``python -m mmprompt.runs report``.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import numbers
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmprompt.atomic import write_text
+from mmprompt.atomic import write_figure, write_text
 from mmprompt.runs import FAILED_SUFFIX, read_json
 
 log = logging.getLogger(__name__)
@@ -176,16 +175,6 @@ def _plot_metric_vs(runs: Sequence[RunRecord], x: str, others: Sequence[str], me
     return fig
 
 
-def _save_png(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
-
-
 def plot_sweeps(notebook: str, runs: Sequence[RunRecord], fig_dir: Path) -> list[Path]:
     """One PNG per swept parameter of ``notebook``: every numeric metric against it."""
     ok = [r for r in runs if r.status == "ok"]
@@ -198,7 +187,7 @@ def plot_sweeps(notebook: str, runs: Sequence[RunRecord], fig_dir: Path) -> list
     paths = []
     for x in swept:
         fig = _plot_metric_vs(ok, x, [o for o in swept if o != x], metrics)
-        paths.append(_save_png(fig, fig_dir / f"{notebook}__{x}.png"))
+        paths.append(write_figure(fig_dir / f"{notebook}__{x}.png", fig, dpi=100))
     return paths
 
 

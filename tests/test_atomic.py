@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from mmprompt.atomic import atomic_write, default_mode, write_json, write_jsonl, write_text
+from mmprompt.atomic import atomic_write, default_mode, write_figure, write_json, write_jsonl, write_text
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
@@ -35,3 +35,15 @@ def test_json_options_and_lines(tmp_path):
     assert not (tmp_path / "nan.json").exists()
     write_jsonl(tmp_path / "m.jsonl", [{"step": 1}, {"step": 2}])
     assert [json.loads(line)["step"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_write_figure_saves_in_the_suffix_format(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot([0, 1], [1, 0])
+    png = write_figure(tmp_path / "a.png", fig, dpi=50)
+    svg = write_figure(tmp_path / "a.svg", fig)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in svg.read_bytes()[:500]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a.svg"]  # no temporary left behind
