@@ -21,8 +21,8 @@ is skipped unless ``force``.
 
 CLI::
 
-    python -m mmprompt.runs run NOTEBOOK [-p NAME VALUE ...] [--profile ci|cpu|gpu] [--out DIR] [--force]
-    python -m mmprompt.runs sweep NOTEBOOK -p length 10 16 32 [-p seed 0 1] [--profile cpu]
+    python -m mmprompt.runs run NOTEBOOK [NOTEBOOK ...] [-p NAME VALUE ...] [--profile ci|cpu|gpu] [--out DIR] [--force]
+    python -m mmprompt.runs sweep NOTEBOOK [NOTEBOOK ...] -p length 10 16 32 [-p seed 0 1] [--profile cpu]
     python -m mmprompt.runs report [--root papermill_runs] [--out papermill_runs/REPORT.md]
 """
 
@@ -594,20 +594,20 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(grid[n] for n in names))]
 
 
-def run_grid(notebook: str | os.PathLike[str], grid: Mapping[str, Sequence[Any]],
-             config: RunConfig | None = None) -> list[RunResult]:
-    """Execute every combination of ``grid``; all combinations are validated before the first runs."""
+def run_grid(notebook: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+             grid: Mapping[str, Sequence[Any]], config: RunConfig | None = None) -> list[RunResult]:
+    """Execute every combination of ``grid`` (an empty grid: one run with the defaults) for each notebook, in
+    order; every (notebook, combination) is validated before the first runs."""
     from tqdm.auto import tqdm
 
     config = config or RunConfig()
-    notebook = Path(notebook).resolve()
-    combos = expand_grid(grid)
-    for params in combos:
-        _validate_run_request(notebook, params, config)
-    results = []
-    for params in tqdm(combos, desc=notebook.stem, unit="run", disable=len(combos) < 2):
-        results.append(execute_run(notebook, params, config, _validated=True))
-    return results
+    notebooks = [notebook] if isinstance(notebook, str | os.PathLike) else list(notebook)
+    jobs = [(Path(nb).resolve(), params) for nb in notebooks for params in expand_grid(grid)]
+    for nb, params in jobs:
+        _validate_run_request(nb, params, config)
+    label = jobs[0][0].stem if len(notebooks) == 1 else "notebooks"
+    return [execute_run(nb, params, config, _validated=True)
+            for nb, params in tqdm(jobs, desc=label, unit="run", disable=len(jobs) < 2)]
 
 
 def summarize(results: Sequence[RunResult]) -> str:
@@ -631,7 +631,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("run", "execute a notebook once"), ("sweep", "execute the cartesian grid of -p lists")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("notebook", type=Path)
+        p.add_argument("notebook", type=Path, nargs="+", help="notebook(s) to execute, in order")
         p.add_argument("-p", "--parameter", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
                        help="parameter NAME and its value"
                        + (" (several values: one run each)" if name == "sweep" else ""))
@@ -682,9 +682,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         grid = _grid_from_args(args)
         config = RunConfig(out=args.out, force=args.force, kernel_name=args.kernel,
                            require_metrics=not args.allow_no_metrics, log_output=args.log_output,
-                           progress_bar=all(len(v) == 1 for v in grid.values()) and sys.stderr.isatty(),
+                           progress_bar=len(args.notebook) == 1 and all(len(v) == 1 for v in grid.values())
+                           and sys.stderr.isatty(),
                            execution_timeout=args.execution_timeout, start_timeout=args.start_timeout)
-        results = run_grid(args.notebook, grid, config) if grid else [execute_run(args.notebook, {}, config)]
+        results = run_grid(args.notebook, grid, config)
     except (ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2

@@ -131,6 +131,15 @@ def test_cli_argument_errors_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_several_notebooks_are_all_validated_before_any_runs(tmp_path):
+    good = make_notebook(tmp_path / "a.ipynb", GOOD_BODY)
+    other = make_notebook(tmp_path / "b.ipynb", GOOD_BODY, params="profile = 'ci'\nrun_dir = None")  # no x
+    out = tmp_path / "out"
+    assert runs.main(["run", str(good), str(other), "-p", "x", "2", "--out", str(out)]) == 2
+    assert runs.main(["run", str(good), str(tmp_path / "missing.ipynb"), "--out", str(out)]) == 2
+    assert not out.exists()  # the good notebook, listed first, did not run either
+
+
 # ------------------------------------------------------------------ real papermill executions
 
 
@@ -258,3 +267,13 @@ def runs_report_record(value):
     from mmprompt.runs_report import RunRecord
 
     return RunRecord("nb", "rid", Path("."), "ok", {"p": value}, {"m": 1.0})
+
+
+def test_run_executes_several_notebooks_in_order(tmp_path):
+    first = make_notebook(tmp_path / "first.ipynb", GOOD_BODY)
+    second = make_notebook(tmp_path / "second.ipynb", GOOD_BODY)
+    out = tmp_path / "out"
+    assert runs.main(["run", str(first), str(second), "--profile", "cpu", "--out", str(out)]) == 0
+    for stem in ("first", "second"):
+        assert json.loads((out / stem / "profile-cpu" / "metrics.json").read_text())["acc"] == 0.25
+    assert runs.main(["run", str(first), str(second), "--profile", "cpu", "--out", str(out)]) == 0  # both skipped
