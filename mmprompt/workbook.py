@@ -210,9 +210,11 @@ def results_dict(results: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> dict
     return out
 
 
-def score_table(results: Mapping[str, Any] | Iterable[tuple[str, Any]]):
+def score_table(results: Mapping[str, Any] | Iterable[tuple[str, Any]],
+                extra: Mapping[str, Sequence[Any]] | None = None):
     """A DataFrame of headline metrics on the paper's scale (x100): one row per label, columns
-    (task, split, metric) like the paper's tables."""
+    (task, split, metric) like the paper's tables; ``extra`` adds columns (name -> one value per row),
+    read back as ``table[name]``."""
     import pandas as pd
 
     rows: dict[str, dict[tuple[str, str, str], float]] = {}
@@ -222,6 +224,10 @@ def score_table(results: Mapping[str, Any] | Iterable[tuple[str, Any]]):
             row[(r.task, split, r.metric)] = 100.0 * float(m[r.metric])
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["task", "split", "metric"])
+    for name, values in (extra or {}).items():
+        if len(values) != len(frame):
+            raise ValueError(f"extra column {name!r} has {len(values)} values for {len(frame)} rows")
+        frame[(name, "", "")] = list(values)
     return frame
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import pytest
@@ -94,6 +95,12 @@ def test_results_dict_and_score_table():
     assert both == {"refcoco": {"x": {"val": 0.5, "testA": 0.25}}, "vqa": {"x": {"val": 0.75, "test": 0.5}}}
     table = wb.score_table({"prefix": a})
     assert table.loc["prefix", ("refcoco", "val", "acc@0.5")] == 50.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pandas deprecates partial keys on MultiIndex columns: none used
+        table = wb.score_table({"prefix": a, "finetune": a}, extra={"trainable": [7, 9]})
+    assert table["trainable"].tolist() == [7, 9]
+    with pytest.raises(ValueError, match="'trainable' has 1 values for 2 rows"):
+        wb.score_table({"prefix": a, "finetune": a}, extra={"trainable": [7]})
     with pytest.raises(ValueError, match="without dots"):
         wb.results_dict({"P=0.5": a})
 
