@@ -552,6 +552,7 @@ def execute_run(notebook: str | os.PathLike[str], params: Mapping[str, Any], con
         return RunResult(run_id, "skipped", final_dir, params)
     nb_root.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(dir=nb_root, prefix=f".tmp-{run_id}-"))
+    tmp_dir.chmod(atomic.default_mode(directory=True))  # mkdtemp's 0700 would stick to the finished run
     info = {"run_id": run_id, "notebook": str(notebook), "kernel_name": config.kernel_name,
             "started": _now(), "notebook_defaults": _defaults_json(defaults)}
     log.info("%s/%s: running", notebook.stem, run_id)

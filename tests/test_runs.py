@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmprompt import runs
+from mmprompt import atomic, runs
 from mmprompt.runs import RunConfig, int_range, run_id_for, save_metrics, validate_params
 from mmprompt.runs_report import collect_runs, format_cell, markdown_table, write_report
 
@@ -276,4 +276,5 @@ def test_run_executes_several_notebooks_in_order(tmp_path):
     assert runs.main(["run", str(first), str(second), "--profile", "cpu", "--out", str(out)]) == 0
     for stem in ("first", "second"):
         assert json.loads((out / stem / "profile-cpu" / "metrics.json").read_text())["acc"] == 0.25
+        assert (out / stem / "profile-cpu").stat().st_mode & 0o777 == atomic.default_mode(directory=True)
     assert runs.main(["run", str(first), str(second), "--profile", "cpu", "--out", str(out)]) == 0  # both skipped
