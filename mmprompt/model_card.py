@@ -9,7 +9,8 @@
   tuning and finetuning, with trainable parameters and wall time;
 * every run is cached in ``tuning.json`` beside the card as soon as it ends, so an interrupted study
   resumes and the card can be rewritten without re-running anything (zero-shot scores are kept in
-  ``zero_shot.json`` likewise; ``--rescore`` measures them again);
+  ``zero_shot.json`` likewise; ``--rescore`` measures them again); each row records a fingerprint of the
+  task's data (:func:`data_id`), so a row measured on data generated differently is measured again;
 * perception: colour/shape/size/box accuracy of object listings (:mod:`mmprompt.perception`);
 * ``README.md`` written from ``config.json``, ``pretrain.json`` (steps, wall time, machine, curriculum)
   and the loss curve ``pretrain_loss.png``.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +29,8 @@ from pathlib import Path
 
 from mmprompt.atomic import write_json, write_text
 from mmprompt.backbones import load_model
-from mmprompt.experiment import tune
+from mmprompt.data.synth import MANIFEST, read_manifest
+from mmprompt.experiment import resolve_data, tune
 from mmprompt.perception import FIELDS, grounding_by_objects, perception
 from mmprompt.profiles import SPLITS, TASKS, get_profile
 
@@ -46,6 +49,32 @@ def _settings(profile: str, steps: int | None) -> dict:
     prof = get_profile(profile, steps=steps)
     return {"profile": profile, "steps": prof.steps, "batch_size": prof.batch_size,
             "eval_examples": prof.eval_examples}
+
+
+def data_id(task: str, profile: str = "cpu", data_dir: Path | None = None) -> str:
+    """Fingerprint of the data a row of ``task`` depends on (its train and validation files): 12 hex digits
+    of a sha256 over the files' sha256 (from the synthetic data's manifest, else read from the files)."""
+    root = resolve_data(get_profile(profile), data_dir)
+    names = [f"{task}_{split}.tsv" for split in ("train", SPLITS[task][0])]
+    if (root / MANIFEST).is_file():
+        files = read_manifest(root)["files"]
+        digests = [files[n]["sha256"] for n in names]
+    else:
+        digests = [_sha256(root / n) for n in names]
+    return hashlib.sha256("".join(digests).encode()).hexdigest()[:12]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def current_rows(rows: list[dict], ids: dict[str, str]) -> list[dict]:
+    """The rows measured on the data ``ids`` (task -> :func:`data_id`) describe."""
+    return [r for r in rows if r["task"] in ids and r.get("data") == ids[r["task"]]]
 
 
 def _stored_rows(path: Path | None, settings: dict) -> list[dict]:
@@ -84,13 +113,15 @@ def tuning_study(model_dir: Path, profile: str = "cpu", steps: int | None = None
 
     With ``path``, the study is resumable and can be split between processes (e.g. by ``tasks``): rows
     already in that file (measured at the same settings) are kept, and each new row is merged into it
-    atomically as soon as its run ends. Zero-shot rows are taken from ``zero`` (:func:`zero_shot`'s
-    result) where it was measured at the same profile.
+    atomically as soon as its run ends; rows measured on other data (:func:`data_id`) are run again.
+    Zero-shot rows are taken from ``zero`` (:func:`zero_shot`'s result) where it was measured at the same
+    profile on the same data.
     """
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"tasks={unknown!r}; allowed: {list(TASKS)}")
     settings, rows = _settings(profile, steps), []  # rows: only when there is no file to keep them
+    ids = {task: data_id(task, profile, data_dir) for task in tasks}
 
     def done() -> list[dict]:
         return rows if path is None else _stored_rows(path, settings)
@@ -98,10 +129,10 @@ def tuning_study(model_dir: Path, profile: str = "cpu", steps: int | None = None
     for task in tasks:
         for method, pretrained in dict.fromkeys(runs):
             label = _label(method, pretrained)
-            if any(r["task"] == task and r["run"] == label for r in done()):
+            if any(r["task"] == task and r["run"] == label for r in current_rows(done(), ids)):
                 continue
             known = (zero or {}).get(task, {})
-            if method == "zero-shot" and known.get("profile") == profile:
+            if method == "zero-shot" and known.get("profile") == profile and known.get("data") == ids[task]:
                 result = {"metric": known["metric"], "score": known["score"], "trainable": 0, "steps": 0,
                           "train_time_s": 0.0}
             else:
@@ -111,7 +142,7 @@ def tuning_study(model_dir: Path, profile: str = "cpu", steps: int | None = None
                 result = {"metric": r.metric, "score": r.score, "trainable": r.trainable, "steps": r.steps,
                           "train_time_s": r.train_time_s}
             logger.info("%s %s: %s=%.4f", task, label, result["metric"], result["score"])
-            row = {"task": task, "run": label, **result}
+            row = {"task": task, "run": label, "data": ids[task], **result}
             if path is None:
                 rows.append(row)
             else:
@@ -119,14 +150,16 @@ def tuning_study(model_dir: Path, profile: str = "cpu", steps: int | None = None
     return {**settings, "rows": done()}
 
 
-def zero_shot(model_dir: Path, profile: str = "cpu", data_dir: Path | None = None) -> dict[str, dict]:
+def zero_shot(model_dir: Path, profile: str = "cpu", data_dir: Path | None = None,
+              tasks: tuple[str, ...] = TASKS) -> dict[str, dict]:
     """The checkpoint's untuned score on each task's validation split."""
     backbone = load_model(model_dir)
     out = {}
-    for task in TASKS:
+    for task in tasks:
         r = tune(backbone, task, "zero-shot", profile=profile, data_dir=data_dir, test_splits=False,
                  progress=False)
-        out[task] = {"split": SPLITS[task][0], "metric": r.metric, "score": r.score, "profile": profile}
+        out[task] = {"split": SPLITS[task][0], "metric": r.metric, "score": r.score, "profile": profile,
+                     "data": data_id(task, profile, data_dir)}
     return out
 
 
@@ -260,13 +293,18 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     zero_path, study_path = a.model_dir / "zero_shot.json", a.model_dir / "tuning.json"
     zero = json.loads(zero_path.read_text()) if zero_path.is_file() else {}
-    if a.rescore or any(z.get("profile") != a.profile for z in zero.values()) or set(zero) != set(TASKS):
-        zero = zero_shot(a.model_dir, a.profile)
-        write_json(zero_path, zero)
+    ids = {task: data_id(task, a.profile) for task in TASKS}
+    stale = tuple(t for t in TASKS if a.rescore or zero.get(t, {}).get("profile") != a.profile
+                  or zero.get(t, {}).get("data") != ids[t])
+    if stale:
+        zero = {**zero, **zero_shot(a.model_dir, a.profile, tasks=stale)}
+        write_json(zero_path, {t: zero[t] for t in TASKS})
     runs = (TRANSFER_RUNS if a.transfer else ()) + (METHOD_RUNS if a.methods else ())
     study = json.loads(study_path.read_text()) if study_path.is_file() else None
     if runs:
         study = tuning_study(a.model_dir, a.profile, a.steps, tuple(a.tasks), path=study_path, zero=zero, runs=runs)
+    if study:
+        study = {**study, "rows": current_rows(study["rows"], ids)}
     backbone = load_model(a.model_dir)
     seen = {"listing": perception(backbone, profile=a.profile),
             "grounding_by_objects": grounding_by_objects(backbone, profile=a.profile)}

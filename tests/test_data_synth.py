@@ -211,6 +211,34 @@ def test_vqa_questions_answers_and_disagreement():
     assert 0.4 < disagree / len(items) < 0.95
 
 
+def test_vqa_count_answers_are_drawn_before_the_scene():
+    """Count questions about some objects answer 0-3 about equally often, and the scene agrees."""
+    from mmprompt.data.texts import plural
+    from mmprompt.data.world import Desc, matching
+
+    answers = Counter()
+    for it in _items("vqa", "train", 400):
+        if it.meta["kind"] != "count":
+            continue
+        desc, answer = it.meta["desc"], it.fields["answer"]
+        assert plural(desc.phrase()) in it.fields["question"]
+        assert answer == str(len(matching(it.scene, desc)[0]))
+        if desc != Desc():
+            answers[answer] += 1
+    shares = {a: n / sum(answers.values()) for a, n in answers.items()}
+    assert set(shares) == {"0", "1", "2", "3"} and min(shares.values()) > 0.15, shares
+
+
+def test_vqa_question_refuses_count_and_unknown_kinds():
+    import numpy as np
+    from mmprompt.data.texts import vqa_question
+
+    scene = _items("vqa", "val", 1)[0].scene
+    for kind in ("count", "colour"):
+        with pytest.raises(ValueError, match=f"kind='{kind}'"):
+            vqa_question(scene, np.random.default_rng(0), kind)
+
+
 def test_caption_references_differ_from_pretraining_style():
     for it in _items("caption", "val", 60):
         refs = it.fields["captions"]

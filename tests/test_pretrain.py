@@ -113,7 +113,29 @@ def test_tuning_study_resumes_from_its_file(first_run, tiny_synthetic, tmp_path,
     monkeypatch.setattr(mc, "tune", no_tuning)
     again = mc.tuning_study(out, "ci", steps=1, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
     assert again == first == json.loads(path.read_text())
+    changed = tmp_path / "regenerated"
+    shutil.copytree(tiny_synthetic, changed)
+    manifest = json.loads((changed / "manifest.json").read_text())
+    manifest["files"]["vqa_val.tsv"]["sha256"] = "0" * 64  # as if the vqa splits had been generated anew
+    (changed / "manifest.json").write_text(json.dumps(manifest))
+    mc.tuning_study(out, "ci", steps=1, tasks=("snli_ve",), data_dir=changed, path=path,
+                    runs=(("zero-shot", True),))  # snli_ve's data did not change: its row is reused
+    with pytest.raises(AssertionError, match="measured again"):  # vqa's did: its rows are measured again
+        mc.tuning_study(out, "ci", steps=1, tasks=("vqa",), data_dir=changed, path=path)
     with pytest.raises(AssertionError, match="measured again"):  # other settings: nothing is reused
         mc.tuning_study(out, "ci", steps=2, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
     with pytest.raises(ValueError, match="tasks=\\['coco'\\]"):
         mc.tuning_study(out, "ci", tasks=("coco",), path=path)
+
+
+def test_data_id_follows_the_task_files(tmp_path):
+    from mmprompt.model_card import data_id
+
+    for name in ("vqa_train.tsv", "vqa_val.tsv", "caption_train.tsv", "caption_val.tsv"):
+        (tmp_path / name).write_text(name)
+    before = data_id("vqa", "ci", tmp_path)
+    assert before == data_id("vqa", "ci", tmp_path) and before != data_id("caption", "ci", tmp_path)
+    (tmp_path / "caption_val.tsv").write_text("other")
+    assert data_id("vqa", "ci", tmp_path) == before
+    (tmp_path / "vqa_val.tsv").write_text("other")
+    assert data_id("vqa", "ci", tmp_path) != before

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from mmprompt.atomic import default_mode, write_json
 from mmprompt.data import tasks as T
 from mmprompt.data.texts import (
+    COUNT_ANSWERS,
     PRETRAIN_SUBTASKS,
     REFCOCO_KIND_WEIGHTS,
     REFCOCO_KINDS,
@@ -51,6 +52,9 @@ from mmprompt.data.texts import (
     ve_forced,
     ve_label,
     ve_premise,
+    vqa_count_desc,
+    vqa_count_question,
+    vqa_kind,
     vqa_question,
 )
 from mmprompt.data.tokenizer import train_nano_tokenizer
@@ -59,9 +63,11 @@ from mmprompt.data.world import (
     COLOR_NAMES,
     HELD_OUT_COMBOS,
     SEEN_COMBOS,
+    Desc,
     ObjSpec,
     Scene,
     SceneConfig,
+    matching,
     sample_scene,
     scene_rng,
 )
@@ -80,7 +86,7 @@ DEFAULT_IMAGE_SIZE = 128
 TOKENIZER_DIR = "tokenizer"
 ANSWER_FILE = "trainval_ans2label.json"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2  # bump whenever generated content changes (ensure_synthetic then regenerates)
+FORMAT_VERSION = 3  # bump whenever generated content changes (ensure_synthetic then regenerates)
 
 
 @dataclass(frozen=True)
@@ -274,14 +280,40 @@ def _caption_item(split: str, i: int, seed: int, image_size: int, ws: WorldSetti
 def _vqa_item(split: str, i: int, seed: int, image_size: int, ws: WorldSettings) -> Item:
     rng = scene_rng(seed, f"vqa/{split}", i)
     lo, hi = ws.vqa_objects
+    kind = vqa_kind(rng)
+    if kind == "count":
+        return _vqa_count_item(split, i, rng, image_size, ws)
     for attempt in range(200):
         if attempt % 10 == 0:
             scene = sample_scene(rng, SceneConfig(image_size, lo, hi, "all"))
-        qa = vqa_question(scene, rng)
+        qa = vqa_question(scene, rng, kind)
         if qa is not None:
-            answers = annotator_answers(qa[1], rng)
-            return Item("vqa", split, i, scene, {"question": qa[0], "answer": qa[1], "answers": answers}, {"kind": qa[2]})
+            return _vqa(split, i, scene, qa[0], qa[1], rng, {"kind": kind})
     raise RuntimeError("could not build a question")  # pragma: no cover
+
+
+def _vqa_count_item(split: str, i: int, rng: np.random.Generator, image_size: int, ws: WorldSettings) -> Item:
+    """Answer first (uniform), then a scene that gives it, so the question's wording does not predict it."""
+    lo, hi = ws.vqa_objects
+    desc = vqa_count_desc(rng)
+    question = vqa_count_question(desc, rng)
+    if desc == Desc():  # every object: the answer is the scene's size
+        n = int(rng.integers(lo, hi + 1))
+        scene = sample_scene(rng, SceneConfig(image_size, lo, hi, "all"), n_objects=n)
+        return _vqa(split, i, scene, question, str(n), rng, {"kind": "count", "desc": desc})
+    k = int(rng.choice(COUNT_ANSWERS))
+    for _ in range(400):
+        forced = (ObjSpec(desc.shape, desc.color, desc.size),) * k
+        scene = sample_scene(rng, SceneConfig(image_size, lo, max(hi, k), "all"), forced=forced)
+        if len(matching(scene, desc)[0]) == k:
+            return _vqa(split, i, scene, question, str(k), rng, {"kind": "count", "desc": desc})
+    raise RuntimeError(f"could not build a scene with {k} of {desc}")  # pragma: no cover
+
+
+def _vqa(split: str, i: int, scene: Scene, question: str, answer: str, rng: np.random.Generator,
+         meta: dict) -> Item:
+    fields = {"question": question, "answer": answer, "answers": annotator_answers(answer, rng)}
+    return Item("vqa", split, i, scene, fields, meta)
 
 
 ITEM_MAKERS = {

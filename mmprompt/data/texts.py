@@ -551,16 +551,34 @@ def annotator_answers(answer: str, rng: np.random.Generator, n: int = 10) -> lis
     return [out[int(k)] for k in rng.permutation(len(out))]
 
 
-def vqa_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str, str] | None:
-    """(question, answer, kind) with kinds count/exists/relation/extreme/attribute."""
-    kind = _pick(rng, ("count", "count", "exists", "relation", "relation", "extreme", "attribute"))
+VQA_KINDS = ("count", "count", "exists", "relation", "relation", "extreme", "attribute")  # drawn uniformly
+COUNT_ANSWERS = (0, 1, 2, 3)  # a count question about some objects has each of these answers equally often
+
+
+def vqa_kind(rng: np.random.Generator) -> str:
+    """The kind of the next question: one of :data:`VQA_KINDS`."""
+    return _pick(rng, VQA_KINDS)
+
+
+def vqa_count_desc(rng: np.random.Generator) -> Desc:
+    """What a count question asks about, drawn before its scene so that its answer can be drawn uniformly
+    too (the split's generator then places that many matching objects); ``Desc()`` asks for every object."""
+    shape, color = _pick(rng, SHAPES), _pick(rng, COLOR_NAMES)
+    return _pick(rng, (Desc(shape), Desc(shape, color), Desc(None, color), Desc(shape), Desc()))
+
+
+def vqa_count_question(desc: Desc, rng: np.random.Generator) -> str:
+    q = _pick(rng, ("how many {} are there?", "how many {} are in the picture?", "how many {} can you see?"))
+    return q.format(plural(desc.phrase()))
+
+
+def vqa_question(scene: Scene, rng: np.random.Generator, kind: str) -> tuple[str, str, str] | None:
+    """(question, answer, kind) about ``scene`` for the kinds exists/relation/extreme/attribute, or None when
+    the scene does not support the question drawn (count questions are drawn answer first, see
+    :func:`vqa_count_desc`)."""
+    if kind not in set(VQA_KINDS) - {"count"}:
+        raise ValueError(f"kind={kind!r}: allowed {sorted(set(VQA_KINDS) - {'count'})}")
     objs = scene.objects
-    if kind == "count":
-        o = _pick(rng, objs)
-        desc = _pick(rng, (Desc(o.shape), Desc(o.shape, o.color), Desc(None, o.color), Desc(_pick(rng, SHAPES)), Desc()))
-        k = len(matching(scene, desc)[0])
-        q = _pick(rng, ("how many {} are there?", "how many {} are in the picture?", "how many {} can you see?"))
-        return q.format(plural(desc.phrase())), str(k), kind
     if kind == "exists":
         if rng.random() < 0.5:
             o = _pick(rng, objs)
