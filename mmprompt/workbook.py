@@ -193,6 +193,21 @@ def check_result(result) -> None:
         assert losses and all(math.isfinite(x) for x in losses), f"{name}: training losses {losses[:5]}..."
 
 
+def check_learned(name: str, profile: str, score: float, zero_score: float, loss: float, zero_loss: float) -> None:
+    """The check each notebook makes of a tuned model against zero-shot (raises ``AssertionError``).
+
+    At ``ci`` (a few steps) tuning must have changed the held-out loss, which stays finite: a fresh prefix
+    first dilutes attention, so it cannot be expected to beat zero-shot yet. At ``cpu``/``gpu`` the
+    validation score must beat zero-shot's. The held-out loss is reported there, not asserted: it follows
+    the score only loosely (prefix-tuned ``ofa-nano`` on REC: Acc@0.5 26.4 -> 28.2 while the box tokens'
+    cross-entropy went 1.579 -> 1.592, a near-miss bin costing as much as a far one)."""
+    assert math.isfinite(loss), f"{name}: held-out loss {loss!r}"
+    if profile == "ci":
+        assert loss != zero_loss, f"{name}: tuning left the held-out loss unchanged ({loss})"
+    else:
+        assert score > zero_score, f"{name}: score {score:.4f} does not beat zero-shot ({zero_score:.4f})"
+
+
 def _pairs(results: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
     pairs = list(results.items()) if isinstance(results, Mapping) else list(results)
     for label, _ in pairs:

@@ -87,6 +87,17 @@ def test_check_result_catches_nonsense(change, message):
         wb.check_result(FakeResult(**change))
 
 
+def test_check_learned_asks_for_a_changed_loss_at_ci_and_a_better_score_beyond():
+    wb.check_learned("p", "ci", score=0.1, zero_score=0.2, loss=2.5, zero_loss=2.0)  # a worse prefix after 8 steps
+    with pytest.raises(AssertionError, match="p: tuning left the held-out loss unchanged"):
+        wb.check_learned("p", "ci", score=0.3, zero_score=0.2, loss=2.0, zero_loss=2.0)
+    with pytest.raises(AssertionError, match="held-out loss nan"):
+        wb.check_learned("p", "cpu", score=0.3, zero_score=0.2, loss=float("nan"), zero_loss=2.0)
+    wb.check_learned("p", "cpu", score=0.3, zero_score=0.2, loss=2.1, zero_loss=2.0)  # the score decides
+    with pytest.raises(AssertionError, match=r"p: score 0.2000 does not beat zero-shot \(0.2000\)"):
+        wb.check_learned("p", "gpu", score=0.2, zero_score=0.2, loss=1.0, zero_loss=2.0)
+
+
 def test_results_dict_and_score_table():
     a, b = FakeResult(), FakeResult(task="vqa", method="finetune", metric="accuracy",
                                     metrics={"val": {"accuracy": 0.75}, "test": {"accuracy": 0.5}})
