@@ -188,7 +188,8 @@ def transfer_table(study: dict) -> list[str]:
 def methods_table(study: dict) -> list[str]:
     """Markdown: score, trainable parameters and training wall time of each method on each task."""
     runs = [_label(m, p) for m, p in METHOD_RUNS]
-    lines = ["| task (metric) | method | score | trainable | train time |", "|---|---|---:|---:|---:|"]
+    lines = ["| task (metric) | method | score | trainable | train time (wall clock) |",
+             "|---|---|---:|---:|---:|"]
     for task in TASKS:
         cells = _cells(study, task)
         if not any(r in cells for r in runs[3:]):
