@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mmprompt.atomic import write_json, write_text
 from mmprompt.backbones import load_model
-from mmprompt.data.synth import MANIFEST, read_manifest
+from mmprompt.data.synth import MANIFEST, file_sha256, read_manifest
 from mmprompt.experiment import resolve_data, tune
 from mmprompt.perception import FIELDS, grounding_by_objects, perception
 from mmprompt.profiles import SPLITS, TASKS, get_profile
@@ -60,16 +60,8 @@ def data_id(task: str, profile: str = "cpu", data_dir: Path | None = None) -> st
         files = read_manifest(root)["files"]
         digests = [files[n]["sha256"] for n in names]
     else:
-        digests = [_sha256(root / n) for n in names]
+        digests = [file_sha256(root / n) for n in names]
     return hashlib.sha256("".join(digests).encode()).hexdigest()[:12]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def current_rows(rows: list[dict], ids: dict[str, str]) -> list[dict]:

@@ -405,7 +405,8 @@ def build_tokenizer(out_dir: str | os.PathLike, settings: WorldSettings = WorldS
 # ------------------------------------------------------------------ generation
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -432,7 +433,7 @@ def _write_all(tmp: Path, prof: Profile, seed: int, image_size: int, ws: WorldSe
     write_json(tmp / ANSWER_FILE, {a: i for i, a in enumerate(VQA_ANSWERS)})
     build_tokenizer(tmp / TOKENIZER_DIR, ws)
     for name in list(files) + [ANSWER_FILE]:
-        files.setdefault(name, {})["sha256"] = _sha256(tmp / name)
+        files.setdefault(name, {})["sha256"] = file_sha256(tmp / name)
     return files
 
 
