@@ -55,7 +55,8 @@ def test_dry_run_prints_one_valid_runner_command_per_table_cell_group(dirs, tmp_
         args = runs._build_parser().parse_args(argv[3:])
         grid = runs._grid_from_args(args)
         assert grid["profile"] == ["gpu"] and args.out == tmp_path / "out"
-        notebook = REPO / args.notebook
+        assert len(args.notebook) == 1, line  # one notebook per printed command
+        notebook = REPO / args.notebook[0]
         for params in runs.expand_grid(grid):  # every run passes the runner's checks before execution
             runs._validate_run_request(notebook, params, runs.RunConfig(out=args.out))
             assert Path(params["model_dir"]).parent == Path(dirs["MODEL_DIR"])
