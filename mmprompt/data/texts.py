@@ -564,6 +564,7 @@ def vqa_count_desc(rng: np.random.Generator) -> Desc:
     """What a count question asks about, drawn before its scene so that its answer can be drawn uniformly
     too (the split's generator then places that many matching objects); ``Desc()`` asks for every object."""
     shape, color = _pick(rng, SHAPES), _pick(rng, COLOR_NAMES)
+    # a shape alone twice as often as the others (the mix of the first generator)
     return _pick(rng, (Desc(shape), Desc(shape, color), Desc(None, color), Desc(shape), Desc()))
 
 
