@@ -121,17 +121,24 @@ def _union_keys(dicts: Iterable[Mapping[str, Any]]) -> list[str]:
     return list(seen)
 
 
-def markdown_table(runs: Sequence[RunRecord]) -> str:
-    """A Markdown table: run id, the parameters (sorted by name), then the metrics."""
+def markdown_table(runs: Sequence[RunRecord], max_columns: int = 12) -> str:
+    """A Markdown table: run id, the parameters (sorted by name), then the metrics (a metric that repeats a
+    parameter, e.g. ``profile``, is left out). Wider than ``max_columns`` it is transposed: one row per
+    parameter or metric, one column per run."""
     params = sorted(_union_keys(r.parameters for r in runs), key=lambda k: (k != "profile", k))
-    metrics = _union_keys(r.metrics for r in runs)
+    metrics = [m for m in _union_keys(r.metrics for r in runs)
+               if not (m in params and all(r.metrics.get(m) == r.parameters.get(m) for r in runs))]
     rows = sorted(runs, key=lambda r: [_sort_key(r.parameters.get(p)) for p in params] + [r.run_id])
-    header = ["run", *params, *metrics]
+    columns = [[f"`{r.run_id}`", *(format_cell(r.parameters.get(p)) for p in params),
+                *(format_cell(r.metrics.get(m)) for m in metrics)] for r in rows]
+    names = ["run", *params, *metrics]
+    if len(names) > max_columns:
+        header, body = [names[0], *(c[0] for c in columns)], [[n, *(c[i] for c in columns)]
+                                                             for i, n in enumerate(names) if i > 0]
+    else:
+        header, body = names, columns
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [f"`{r.run_id}`", *(format_cell(r.parameters.get(p)) for p in params),
-                 *(format_cell(r.metrics.get(m)) for m in metrics)]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
 
 

@@ -278,3 +278,16 @@ def test_run_executes_several_notebooks_in_order(tmp_path):
         assert json.loads((out / stem / "profile-cpu" / "metrics.json").read_text())["acc"] == 0.25
         assert (out / stem / "profile-cpu").stat().st_mode & 0o777 == atomic.default_mode(directory=True)
     assert runs.main(["run", str(first), str(second), "--profile", "cpu", "--out", str(out)]) == 0  # both skipped
+
+
+def test_wide_tables_are_transposed_and_repeated_parameters_dropped():
+    from mmprompt.runs_report import RunRecord
+
+    metrics = {"profile": "cpu", **{f"m{i}": float(i) for i in range(12)}}
+    runs_ = [RunRecord("nb", rid, Path("."), "ok", {"profile": "cpu", "x": x}, metrics) for rid, x in (("b", 2), ("a", 1))]
+    lines = markdown_table(runs_).splitlines()
+    assert lines[0] == "| run | `a` | `b` |"  # one column per run, ordered by parameters
+    assert lines[2:4] == ["| profile | cpu | cpu |", "| x | 1 | 2 |"]
+    assert len(lines) == 2 + 2 + 12  # profile and x, then the 12 metrics; the metric copy of profile is gone
+    narrow = markdown_table(runs_, max_columns=20).splitlines()
+    assert narrow[0].startswith("| run | profile | x | m0 |") and len(narrow) == 4
