@@ -630,7 +630,8 @@ def summarize(results: Sequence[RunResult]) -> str:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mmprompt.runs", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (("run", "execute each notebook once"), ("sweep", "execute the cartesian grid of -p lists for each notebook")):
+    for name, help_ in (("run", "execute each notebook once"),
+                        ("sweep", "execute the cartesian grid of -p lists for each notebook")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("notebook", type=Path, nargs="+", help="notebook(s) to execute, in order")
         p.add_argument("-p", "--parameter", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
