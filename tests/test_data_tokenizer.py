@@ -123,3 +123,35 @@ def test_ofa_tokenizer_bad_inputs(tmp_path):
     (d / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     with pytest.raises(ValueError, match="<s>"):
         build_ofa_tokenizer(d)
+
+
+def test_directories_load_in_transformers_with_identical_ids(tmp_path):
+    """OFATokenizer and transformers' fast tokenizer read the same directory to the same ids and texts."""
+    from transformers import PreTrainedTokenizerFast
+
+    from mmprompt.backbones import checkpoints_dir
+    from mmprompt.data.synth import tokenizer_corpus
+
+    train_nano_tokenizer(CORPUS, num_bins=16, vocab_size=400, out_dir=tmp_path / "saved")
+    texts = tokenizer_corpus(n_scenes=20) + [" zebra! <bin_3> <bin_10> <mask> émigré", "   ", ""]
+    for d in (tmp_path / "saved", checkpoints_dir() / "ofa-nano"):
+        ours, hf = load_tokenizer(d), PreTrainedTokenizerFast.from_pretrained(str(d))
+        assert len(ours) == len(hf) and ours.get_vocab() == hf.get_vocab()
+        assert [ours.convert_tokens_to_ids(t) for t in ("<s>", "<mask>", "<bin_1>", "<nope>")] == [
+            hf.convert_tokens_to_ids(t) for t in ("<s>", "<mask>", "<bin_1>", "<nope>")]
+        for text in texts:
+            ids = encode_text(ours, text)
+            assert ids == encode_text(hf, text), text
+            assert decode_ids(ours, ids) == decode_ids(hf, ids)
+            assert ours.encode(text) == hf(text, add_special_tokens=False)["input_ids"]
+            assert ours.decode([BOS, *ids, EOS]) == hf.decode([BOS, *ids, EOS], clean_up_tokenization_spaces=False)
+
+
+def test_loading_a_checkpoint_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, mmprompt; b = mmprompt.load_model('ofa-nano-small'); "
+            "print(len(b.tokenizer), 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) > 100 and out[1] == "False"

@@ -1,4 +1,4 @@
-"""Tokenizers with OFA's id layout, as transformers fast-tokenizer directories.
+"""Tokenizers with OFA's id layout, saved as transformers fast-tokenizer directories.
 
 Both tokenizers are byte-level BPE (GPT-2/BART style: a word's leading space belongs to its token, so OFA's
 texts start with a space) followed by extra tokens, in OFA's order:
@@ -11,6 +11,10 @@ texts start with a space) followed by extra tokens, in OFA's order:
 Encode and decode through :func:`encode_text` / :func:`decode_ids`: they map ``<bin_i>``, ``<code_i>`` and
 ``<mask>`` written in a text straight to their ids (like OFA's ``use_bpe=False`` path) and BPE-encode the
 words between them, so both tokenizers give identical layouts.
+
+:class:`OFATokenizer` wraps a ``tokenizers.Tokenizer`` with the few transformers-style methods mmprompt uses,
+so loading a checkpoint never imports transformers (it costs most of a second); its directories load with
+``transformers.PreTrainedTokenizerFast.from_pretrained`` as well, with identical ids.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+
+from mmprompt.atomic import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +43,62 @@ OFA_NUM_BINS = 1000
 EXTRA_RE = re.compile(r"(<bin_\d+>|<code_\d+>|<mask>)")
 
 
-def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token=MASK
-    )
+class OFATokenizer:
+    """A byte-level BPE ``tokenizers.Tokenizer`` with OFA's special ids (``<s>``=0 ``<pad>``=1 ``</s>``=2
+    ``<unk>``=3), offering the transformers-tokenizer methods mmprompt needs."""
+
+    bos_token_id, pad_token_id, eos_token_id, unk_token_id = BOS, PAD, EOS, UNK
+
+    def __init__(self, backend: Tokenizer) -> None:
+        self.backend = backend
+        got = [backend.token_to_id(s) for s in SPECIALS]
+        if got != [BOS, PAD, EOS, UNK]:
+            raise ValueError(
+                f"tokenizer special ids {dict(zip(SPECIALS, got))}: expected <s>=0 <pad>=1 </s>=2 <unk>=3"
+            )
+
+    def __len__(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.backend.get_vocab(with_added_tokens=True)
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        """The id of ``token``; ``<unk>``'s id when the vocabulary lacks it (as transformers does)."""
+        tid = self.backend.token_to_id(token)
+        return UNK if tid is None else tid
+
+    def convert_ids_to_tokens(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(int(token_id))
+
+    def encode(self, text: str) -> list[int]:
+        """BPE ids of ``text`` without bos/eos (use :func:`encode_text` for texts with ``<bin_i>`` tokens)."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
+        """Write ``tokenizer.json`` and a ``tokenizer_config.json`` naming the special tokens."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(out / "tokenizer.json"))
+        write_json(out / "tokenizer_config.json", _TOKENIZER_CONFIG)
+        return out
+
+
+#: What transformers needs to load an :class:`OFATokenizer` directory as a fast tokenizer.
+_TOKENIZER_CONFIG = {
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    "bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "mask_token": MASK,
+}
 
 
 def _extra_tokens(prefix: str, n: int) -> list[AddedToken]:
     return [AddedToken(f"<{prefix}_{i}>", special=False, normalized=False, single_word=False) for i in range(n)]
 
 
-def _save_atomic(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLike) -> Path:
+def _save_atomic(tokenizer: OFATokenizer, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -68,7 +118,7 @@ def _save_atomic(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLike)
 
 def train_nano_tokenizer(
     texts: Iterable[str], num_bins: int = 64, vocab_size: int = 1000, out_dir: str | os.PathLike | None = None
-) -> PreTrainedTokenizerFast:
+) -> OFATokenizer:
     """Train the nano byte-level BPE on ``texts`` (deterministic) and optionally save it to ``out_dir``.
 
     ``vocab_size`` counts the 4 specials and the BPE tokens (the trainer may stop earlier on a small corpus);
@@ -93,14 +143,13 @@ def train_nano_tokenizer(
     tok.train_from_iterator(texts, trainer)
     tok.add_special_tokens([AddedToken(MASK, special=True, normalized=False)])
     tok.add_tokens(_extra_tokens("bin", num_bins))
-    hf = _wrap(tok)
-    _check_layout(hf)
+    ofa = OFATokenizer(tok)
     if out_dir is not None:
-        _save_atomic(hf, out_dir)
-    return hf
+        _save_atomic(ofa, out_dir)
+    return ofa
 
 
-def build_ofa_tokenizer(bpe_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> PreTrainedTokenizerFast:
+def build_ofa_tokenizer(bpe_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> OFATokenizer:
     """OFA's tokenizer from a directory holding BART's ``vocab.json`` and ``merges.txt``.
 
     The vocabulary must give ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3; ``<mask>`` is appended when
@@ -124,37 +173,28 @@ def build_ofa_tokenizer(bpe_dir: str | os.PathLike, out_dir: str | os.PathLike |
     tok.add_special_tokens([AddedToken(MASK, special=True, normalized=False)])
     tok.add_tokens(_extra_tokens("code", OFA_NUM_CODES))
     tok.add_tokens(_extra_tokens("bin", OFA_NUM_BINS))
-    hf = _wrap(tok)
-    _check_layout(hf)
+    ofa = OFATokenizer(tok)
     if out_dir is not None:
-        _save_atomic(hf, out_dir)
-    return hf
+        _save_atomic(ofa, out_dir)
+    return ofa
 
 
-def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+def load_tokenizer(path: str | os.PathLike) -> OFATokenizer:
     """Load a tokenizer directory written by this module (or any fast tokenizer with OFA's layout)."""
     p = Path(path)
     if not (p / "tokenizer.json").is_file():
         raise FileNotFoundError(f"path={str(p)!r}: not a tokenizer directory (no tokenizer.json)")
-    tok = PreTrainedTokenizerFast.from_pretrained(str(p))
-    _check_layout(tok)
-    return tok
-
-
-def _check_layout(tok: PreTrainedTokenizerFast) -> None:
-    got = [tok.convert_tokens_to_ids(s) for s in SPECIALS]
-    if got != [BOS, PAD, EOS, UNK]:
-        raise ValueError(f"tokenizer special ids {dict(zip(SPECIALS, got))}: expected <s>=0 <pad>=1 </s>=2 <unk>=3")
+    return OFATokenizer(Tokenizer.from_file(str(p / "tokenizer.json")))
 
 
 # ------------------------------------------------------------------ bins and extras
 
-_BIN_CACHE: "weakref.WeakKeyDictionary[PreTrainedTokenizerFast, tuple[list[int], dict[int, int]]]" = (
+_BIN_CACHE: "weakref.WeakKeyDictionary[OFATokenizer, tuple[list[int], dict[int, int]]]" = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _bins(tok: PreTrainedTokenizerFast) -> tuple[list[int], dict[int, int]]:
+def _bins(tok: OFATokenizer) -> tuple[list[int], dict[int, int]]:
     if tok not in _BIN_CACHE:
         vocab = tok.get_vocab()
         ids: list[int] = []
@@ -164,21 +204,21 @@ def _bins(tok: PreTrainedTokenizerFast) -> tuple[list[int], dict[int, int]]:
     return _BIN_CACHE[tok]
 
 
-def bin_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+def bin_token_ids(tokenizer: OFATokenizer) -> list[int]:
     """Token ids of ``<bin_0>``, ``<bin_1>``, ... in bin order."""
     return _bins(tokenizer)[0]
 
 
-def num_bins_of(tokenizer: PreTrainedTokenizerFast) -> int:
+def num_bins_of(tokenizer: OFATokenizer) -> int:
     return len(_bins(tokenizer)[0])
 
 
-def id_to_bin(tokenizer: PreTrainedTokenizerFast, token_id: int) -> int | None:
+def id_to_bin(tokenizer: OFATokenizer, token_id: int) -> int | None:
     """The bin index of a token id, or None when it is not a bin token."""
     return _bins(tokenizer)[1].get(int(token_id))
 
 
-def encode_text(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
+def encode_text(tokenizer: OFATokenizer, text: str) -> list[int]:
     """BPE ids of ``text`` without bos/eos; ``<bin_i>``, ``<code_i>``, ``<mask>`` map straight to their ids.
 
     Whitespace just before such a token belongs to it (as in OFA's target ``"<bin_1> <bin_2>"``).
@@ -188,7 +228,7 @@ def encode_text(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
     for k, piece in enumerate(pieces):
         if k % 2:
             tid = tokenizer.convert_tokens_to_ids(piece)
-            if tid is None or tid == UNK:
+            if tid == UNK:
                 raise ValueError(f"text contains {piece!r}, which this tokenizer does not have")
             ids.append(int(tid))
             continue
@@ -199,13 +239,13 @@ def encode_text(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
     return ids
 
 
-_PIECE_CACHE: "weakref.WeakKeyDictionary[PreTrainedTokenizerFast, tuple[int, dict[str, tuple[int, ...]]]]" = (
+_PIECE_CACHE: "weakref.WeakKeyDictionary[OFATokenizer, tuple[int, dict[str, tuple[int, ...]]]]" = (
     weakref.WeakKeyDictionary()
 )
 _PIECE_CACHE_MAX = 20_000
 
 
-def _bpe_ids(tokenizer: PreTrainedTokenizerFast, piece: str) -> tuple[int, ...]:
+def _bpe_ids(tokenizer: OFATokenizer, piece: str) -> tuple[int, ...]:
     """BPE ids of a plain text piece, memoised per tokenizer (instructions and answers repeat a lot);
     the memo is dropped when the tokenizer's size changes (tokens added)."""
     size = len(tokenizer)
@@ -215,13 +255,13 @@ def _bpe_ids(tokenizer: PreTrainedTokenizerFast, piece: str) -> tuple[int, ...]:
     cache = entry[1]
     ids = cache.get(piece)
     if ids is None:
-        ids = tuple(tokenizer(piece, add_special_tokens=False)["input_ids"])
+        ids = tuple(tokenizer.encode(piece))
         if len(cache) < _PIECE_CACHE_MAX:
             cache[piece] = ids
     return ids
 
 
-def decode_ids(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int], skip_special: bool = True) -> str:
+def decode_ids(tokenizer: OFATokenizer, ids: Iterable[int], skip_special: bool = True) -> str:
     """Inverse of :func:`encode_text`: ``<bin_i>``/``<code_i>``/``<mask>`` are written with one space before.
 
     ``skip_special`` drops ``<s>``, ``<pad>`` and ``</s>``.
@@ -231,7 +271,7 @@ def decode_ids(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int], skip_spec
 
     def flush() -> None:
         if run:
-            out.append(tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+            out.append(tokenizer.decode(run))
             run.clear()
 
     for tid in (int(t) for t in ids):
