@@ -5,9 +5,17 @@
   code cell that starts with :data:`SETUP_MARKER` (the Colab install cell, so that the repository
   URL lives in ``pyproject.toml`` only). Idempotent.
 * ``check``: exit 1, with one message per problem, when a notebook has outputs or execution
-  counts, not exactly one ``parameters``-tagged cell, a papermill ``injected-parameters`` cell,
-  no kernelspec, or a stale header/navigation/setup cell.
-* ``strip``: clears outputs, execution counts and execution metadata in place.
+  counts outside its checked cells, a checked cell without its output, not exactly one
+  ``parameters``-tagged cell, a papermill ``injected-parameters`` cell, no kernelspec, or a stale
+  header/navigation/setup cell.
+* ``strip``: clears outputs, execution counts and execution metadata in place, except the plain-text
+  output of checked cells.
+* ``record``: executes notebooks at their defaults (the ``ci`` profile) and stores the output of
+  their checked cells.
+
+Checked cells are tagged :data:`CHECK_OUTPUT_TAG`: deterministic facts (parameter counts, shapes)
+whose stored plain-text output nbval compares on every test run (``--nbval-lax`` compares exactly
+these cells). They are the only cells committed with an output.
 
 The Colab URL comes from ``[tool.mmprompt]`` in ``pyproject.toml`` (``repository_url``,
 ``branch``). A notebook's title is ``metadata.mmprompt.title`` when set, else the title of its
@@ -16,7 +24,7 @@ existing generated header, else derived from the file name (``04_prompt_depth`` 
 cells whose first line is :data:`HEADER_MARKER` or :data:`NAV_MARKER`; edit the title in the
 metadata (or in the header's ``#`` line), not elsewhere.
 
-CLI: ``python -m mmprompt.notebook_tools {sync,check,strip} [--root REPO] [NOTEBOOK ...]``.
+CLI: ``python -m mmprompt.notebook_tools {sync,check,strip,record} [--root REPO] [NOTEBOOK ...]``.
 """
 
 from __future__ import annotations
@@ -47,6 +55,9 @@ NOTEBOOK_PATTERN = re.compile(r"^\d{2}_.+\.ipynb$")
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 _STRIP_CELL_METADATA = ("execution", "papermill", "collapsed", "scrolled")
 _STRIP_NB_METADATA = ("papermill", "widgets")
+CHECK_OUTPUT_TAG = "nbval-check-output"
+#: Output kinds a checked cell keeps (the rest, e.g. HTML, images, widgets, stderr, is not compared).
+_CHECKED_MIME = "text/plain"
 
 
 @dataclass(frozen=True)
@@ -218,17 +229,25 @@ def sync(root: str | Path) -> list[Path]:
     return changed
 
 
+def is_checked(cell: Any) -> bool:
+    """Whether nbval compares this cell's stored output (the cell is tagged :data:`CHECK_OUTPUT_TAG`)."""
+    return cell.cell_type == "code" and CHECK_OUTPUT_TAG in cell.get("metadata", {}).get("tags", [])
+
+
 def notebook_problems(nb: nbformat.NotebookNode) -> list[str]:
     """Problems of one notebook that do not depend on its neighbours."""
     problems = []
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    with_out = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("outputs")]
+    code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    with_out = [i for i, c in code if c.get("outputs") and not is_checked(c)]
     if with_out:
         problems.append(f"{len(with_out)} code cell(s) have outputs (cells {with_out}); run `strip`")
-    counted = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("execution_count") is not None]
+    counted = [i for i, c in code if c.get("execution_count") is not None and not is_checked(c)]
     if counted:
         problems.append(f"{len(counted)} code cell(s) have execution counts (cells {counted}); run `strip`")
-    n_params = sum("parameters" in c.get("metadata", {}).get("tags", []) for c in code)
+    unrecorded = [i for i, c in code if is_checked(c) and (not c.get("outputs") or c.get("execution_count") is None)]
+    if unrecorded:
+        problems.append(f"checked cell(s) {unrecorded} have no stored output (nbval would skip them); run `record`")
+    n_params = sum("parameters" in c.get("metadata", {}).get("tags", []) for _, c in code)
     if n_params != 1:
         problems.append(f"{n_params} code cells are tagged 'parameters'; exactly one is required")
     if any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells):
@@ -260,12 +279,25 @@ def _read_text_nb(text: str) -> Any:
     return nbformat.from_dict(nbformat.reads(text, as_version=4))
 
 
+def _checked_outputs(outputs: Sequence[Any]) -> list[Any]:
+    """The compared part of a checked cell's outputs: stdout text and plain-text results."""
+    kept = []
+    for out in outputs:
+        if out.output_type == "stream" and out.name == "stdout":
+            kept.append(nbformat.v4.new_output("stream", name="stdout", text=out.text))
+        elif out.output_type in ("execute_result", "display_data") and _CHECKED_MIME in out.get("data", {}):
+            kept.append(nbformat.v4.new_output("display_data", data={_CHECKED_MIME: out.data[_CHECKED_MIME]}))
+    return kept
+
+
 def strip_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Clear outputs, execution counts and execution metadata (in place; returns ``nb``)."""
+    """Clear outputs, execution counts and execution metadata (in place; returns ``nb``); checked cells
+    keep their plain-text outputs and an execution count of 1 (nbval skips cells never executed)."""
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
+            checked = is_checked(cell) and cell.get("outputs")
+            cell.outputs = _checked_outputs(cell.outputs) if checked else []
+            cell.execution_count = 1 if checked else None
         for key in _STRIP_CELL_METADATA:
             cell.metadata.pop(key, None)
     for key in _STRIP_NB_METADATA:
@@ -273,40 +305,74 @@ def strip_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
+def _rewrite(path: Path, nb: nbformat.NotebookNode, verb: str) -> bool:
+    """Write ``nb`` stripped over ``path`` when that changes the file."""
+    old = path.read_text(encoding="utf-8")
+    new = nbformat.writes(strip_notebook(nb)) + "\n"
+    if new == old:
+        return False
+    write_text(path, new)
+    log.info("%s %s", verb, path.name)
+    return True
+
+
+def _existing(paths: Sequence[str | Path]) -> list[Path]:
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"notebook(s) {missing} do not exist")
+    return [Path(p) for p in paths]
+
+
 def strip(paths: Sequence[str | Path]) -> list[Path]:
     """Strip the given notebooks in place; returns the files that changed."""
+    return [p for p in _existing(paths) if _rewrite(p, _read(p), "stripped")]
+
+
+def record(paths: Sequence[str | Path]) -> list[Path]:
+    """Execute each notebook at its defaults (papermill, in its own directory) and store the outputs of
+    its checked cells; returns the files that changed. Notebooks without checked cells are not run."""
+    import tempfile
+
+    import papermill
+
     changed = []
-    for p in map(Path, paths):
-        if not p.is_file():
-            raise FileNotFoundError(f"notebook {str(p)!r} does not exist")
-        old = p.read_text(encoding="utf-8")
-        new = nbformat.writes(strip_notebook(nbformat.reads(old, as_version=4))) + "\n"
-        if new != old:
-            write_text(p, new)
-            changed.append(p)
-            log.info("stripped %s", p.name)
+    for path in _existing(paths):
+        nb = _read(path)
+        if not any(is_checked(c) for c in nb.cells):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / path.name
+            papermill.execute_notebook(str(path), str(out), cwd=str(path.parent.resolve()), progress_bar=False)
+            executed = {c.get("id"): c for c in _read(out).cells}
+        for cell in nb.cells:
+            if is_checked(cell):
+                cell.outputs = executed[cell.get("id")].outputs
+        if _rewrite(path, nb, "recorded"):
+            changed.append(path)
     return changed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (1 when ``check`` finds problems, 2 on bad input)."""
     parser = argparse.ArgumentParser(prog="python -m mmprompt.notebook_tools", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("sync", "check", "strip"))
-    parser.add_argument("paths", nargs="*", type=Path, help="notebooks for `strip` (default: all notebooks/NN_*)")
+    parser.add_argument("command", choices=("sync", "check", "strip", "record"))
+    parser.add_argument("paths", nargs="*", type=Path,
+                        help="notebooks for `strip` / `record` (default: all notebooks/NN_*)")
     parser.add_argument("--root", type=Path, default=None, help="repository root (default: found from cwd)")
     args = parser.parse_intermixed_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         root = args.root.resolve() if args.root else find_repo_root()
-        if args.paths and args.command != "strip":
+        if args.paths and args.command not in ("strip", "record"):
             raise ValueError(f"`{args.command}` works on all notebooks/NN_*.ipynb together; it takes no paths")
         if args.command == "sync":
             changed = sync(root)
             log.info("sync: %d notebook(s) changed", len(changed))
-        elif args.command == "strip":
-            changed = strip(args.paths or list_notebooks(root))
-            log.info("strip: %d notebook(s) changed", len(changed))
+        elif args.command in ("strip", "record"):
+            run = strip if args.command == "strip" else record
+            changed = run(args.paths or list_notebooks(root))
+            log.info("%s: %d notebook(s) changed", args.command, len(changed))
         else:
             problems = check(root)
             for path, msgs in problems.items():
