@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from mmprompt.atomic import write_json
+from mmprompt.atomic import default_mode, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +102,7 @@ def _save_atomic(tokenizer: OFATokenizer, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)
+    os.chmod(tmp, default_mode(directory=True))
     try:
         tokenizer.save_pretrained(tmp)
         if out.exists():
