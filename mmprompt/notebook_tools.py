@@ -5,17 +5,17 @@
   code cell that starts with :data:`SETUP_MARKER` (the Colab install cell, so that the repository
   URL lives in ``pyproject.toml`` only). Idempotent.
 * ``check``: exit 1, with one message per problem, when a notebook has outputs or execution
-  counts outside its checked cells, a checked cell without its output, not exactly one
-  ``parameters``-tagged cell, a papermill ``injected-parameters`` cell, no kernelspec, or a stale
-  header/navigation/setup cell.
-* ``strip``: clears outputs, execution counts and execution metadata in place, except the plain-text
-  output of checked cells.
+  counts, not exactly one ``parameters``-tagged cell, a papermill ``injected-parameters`` cell,
+  no kernelspec, a stale header/navigation/setup cell, or a checked cell without a recorded output.
+* ``strip``: clears outputs, execution counts and execution metadata in place.
 * ``record``: executes notebooks at their defaults (the ``ci`` profile) and stores the output of
-  their checked cells.
+  their checked cells in :data:`CHECKED_OUTPUTS`.
 
 Checked cells are tagged :data:`CHECK_OUTPUT_TAG`: deterministic facts (parameter counts, shapes)
-whose stored plain-text output nbval compares on every test run (``--nbval-lax`` compares exactly
-these cells). They are the only cells committed with an output.
+whose plain-text output nbval compares on every test run (``--nbval-lax`` compares exactly these
+cells). Notebooks stay committed without outputs: the expected outputs live in
+``notebooks/checked_outputs.json``, and :func:`attach_checked_outputs` (called from
+``notebooks/conftest.py``) hands them to nbval's collected cells.
 
 The Colab URL comes from ``[tool.mmprompt]`` in ``pyproject.toml`` (``repository_url``,
 ``branch``). A notebook's title is ``metadata.mmprompt.title`` when set, else the title of its
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import re
 import sys
@@ -56,6 +57,7 @@ COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 _STRIP_CELL_METADATA = ("execution", "papermill", "collapsed", "scrolled")
 _STRIP_NB_METADATA = ("papermill", "widgets")
 CHECK_OUTPUT_TAG = "nbval-check-output"
+CHECKED_OUTPUTS = "checked_outputs.json"  # next to the notebooks: {notebook file: {cell id: [outputs]}}
 #: Output kinds a checked cell keeps (the rest, e.g. HTML, images, widgets, stderr, is not compared).
 _CHECKED_MIME = "text/plain"
 
@@ -238,15 +240,12 @@ def notebook_problems(nb: nbformat.NotebookNode) -> list[str]:
     """Problems of one notebook that do not depend on its neighbours."""
     problems = []
     code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    with_out = [i for i, c in code if c.get("outputs") and not is_checked(c)]
+    with_out = [i for i, c in code if c.get("outputs")]
     if with_out:
         problems.append(f"{len(with_out)} code cell(s) have outputs (cells {with_out}); run `strip`")
-    counted = [i for i, c in code if c.get("execution_count") is not None and not is_checked(c)]
+    counted = [i for i, c in code if c.get("execution_count") is not None]
     if counted:
         problems.append(f"{len(counted)} code cell(s) have execution counts (cells {counted}); run `strip`")
-    unrecorded = [i for i, c in code if is_checked(c) and (not c.get("outputs") or c.get("execution_count") is None)]
-    if unrecorded:
-        problems.append(f"checked cell(s) {unrecorded} have no stored output (nbval would skip them); run `record`")
     n_params = sum("parameters" in c.get("metadata", {}).get("tags", []) for _, c in code)
     if n_params != 1:
         problems.append(f"{n_params} code cells are tagged 'parameters'; exactly one is required")
@@ -264,8 +263,15 @@ def check(root: str | Path) -> dict[Path, list[str]]:
     paths = list_notebooks(root)
     expected = _expected(paths, info)
     report: dict[Path, list[str]] = {}
+    recorded = load_checked_outputs(root / info.notebooks_dir)
     for path in paths:
-        problems = notebook_problems(_read(path))
+        nb = _read(path)
+        problems = notebook_problems(nb)
+        checked = {c.get("id") for c in nb.cells if is_checked(c)}
+        missing, stale = checked - set(recorded.get(path.name, {})), set(recorded.get(path.name, {})) - checked
+        if missing or stale:
+            problems.append(f"{CHECKED_OUTPUTS} is out of date (checked cells without an output: {sorted(missing)}, "
+                            f"outputs of cells no longer checked: {sorted(stale)}); run `record`")
         old, new = expected[path]
         if _read_text_nb(old) != _read_text_nb(new):
             problems.append("header/navigation cells are missing or stale; run `sync`")
@@ -279,25 +285,12 @@ def _read_text_nb(text: str) -> Any:
     return nbformat.from_dict(nbformat.reads(text, as_version=4))
 
 
-def _checked_outputs(outputs: Sequence[Any]) -> list[Any]:
-    """The compared part of a checked cell's outputs: stdout text and plain-text results."""
-    kept = []
-    for out in outputs:
-        if out.output_type == "stream" and out.name == "stdout":
-            kept.append(nbformat.v4.new_output("stream", name="stdout", text=out.text))
-        elif out.output_type in ("execute_result", "display_data") and _CHECKED_MIME in out.get("data", {}):
-            kept.append(nbformat.v4.new_output("display_data", data={_CHECKED_MIME: out.data[_CHECKED_MIME]}))
-    return kept
-
-
 def strip_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Clear outputs, execution counts and execution metadata (in place; returns ``nb``); checked cells
-    keep their plain-text outputs and an execution count of 1 (nbval skips cells never executed)."""
+    """Clear outputs, execution counts and execution metadata (in place; returns ``nb``)."""
     for cell in nb.cells:
         if cell.cell_type == "code":
-            checked = is_checked(cell) and cell.get("outputs")
-            cell.outputs = _checked_outputs(cell.outputs) if checked else []
-            cell.execution_count = 1 if checked else None
+            cell.outputs = []
+            cell.execution_count = None
         for key in _STRIP_CELL_METADATA:
             cell.metadata.pop(key, None)
     for key in _STRIP_NB_METADATA:
@@ -305,15 +298,40 @@ def strip_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def _rewrite(path: Path, nb: nbformat.NotebookNode, verb: str) -> bool:
-    """Write ``nb`` stripped over ``path`` when that changes the file."""
-    old = path.read_text(encoding="utf-8")
-    new = nbformat.writes(strip_notebook(nb)) + "\n"
-    if new == old:
-        return False
-    write_text(path, new)
-    log.info("%s %s", verb, path.name)
-    return True
+def _checked_outputs(outputs: Sequence[Any]) -> list[dict]:
+    """The compared part of a checked cell's outputs: stdout text and plain-text results."""
+    kept = []
+    for out in outputs:
+        if out.output_type == "stream" and out.name == "stdout":
+            kept.append({"output_type": "stream", "name": "stdout", "text": out.text})
+        elif out.output_type in ("execute_result", "display_data") and _CHECKED_MIME in out.get("data", {}):
+            kept.append({"output_type": "display_data", "metadata": {},
+                         "data": {_CHECKED_MIME: out.data[_CHECKED_MIME]}})
+    return kept
+
+
+def load_checked_outputs(notebooks_dir: str | Path) -> dict[str, dict[str, list[dict]]]:
+    """``{notebook file: {cell id: outputs}}`` from :data:`CHECKED_OUTPUTS` (empty when there is none)."""
+    path = Path(notebooks_dir) / CHECKED_OUTPUTS
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def attach_checked_outputs(items: Sequence[Any]) -> None:
+    """Give nbval's collected checked cells their recorded outputs (a pytest ``collection_modifyitems``
+    helper): nbval compares a cell's output only when the cell it read holds one, and the committed
+    notebooks hold none."""
+    cache: dict[Path, dict] = {}
+    for item in items:
+        cell = getattr(item, "cell", None)
+        if cell is None or not is_checked(cell):
+            continue
+        nb_path = Path(str(item.fspath))
+        if nb_path.parent not in cache:
+            cache[nb_path.parent] = load_checked_outputs(nb_path.parent)
+        outputs = cache[nb_path.parent].get(nb_path.name, {}).get(cell.get("id"))
+        if outputs is not None:
+            cell.outputs = [nbformat.from_dict(o) for o in outputs]
+            cell.execution_count = 1
 
 
 def _existing(paths: Sequence[str | Path]) -> list[Path]:
@@ -325,12 +343,20 @@ def _existing(paths: Sequence[str | Path]) -> list[Path]:
 
 def strip(paths: Sequence[str | Path]) -> list[Path]:
     """Strip the given notebooks in place; returns the files that changed."""
-    return [p for p in _existing(paths) if _rewrite(p, _read(p), "stripped")]
+    changed = []
+    for p in _existing(paths):
+        old = p.read_text(encoding="utf-8")
+        new = nbformat.writes(strip_notebook(nbformat.reads(old, as_version=4))) + "\n"
+        if new != old:
+            write_text(p, new)
+            changed.append(p)
+            log.info("stripped %s", p.name)
+    return changed
 
 
 def record(paths: Sequence[str | Path]) -> list[Path]:
-    """Execute each notebook at its defaults (papermill, in its own directory) and store the outputs of
-    its checked cells; returns the files that changed. Notebooks without checked cells are not run."""
+    """Execute each notebook with checked cells at its defaults (papermill, in its own directory) and store
+    their outputs in the :data:`CHECKED_OUTPUTS` file next to it; returns the notebooks whose entry changed."""
     import tempfile
 
     import papermill
@@ -338,17 +364,21 @@ def record(paths: Sequence[str | Path]) -> list[Path]:
     changed = []
     for path in _existing(paths):
         nb = _read(path)
-        if not any(is_checked(c) for c in nb.cells):
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / path.name
-            papermill.execute_notebook(str(path), str(out), cwd=str(path.parent.resolve()), progress_bar=False)
-            executed = {c.get("id"): c for c in _read(out).cells}
-        for cell in nb.cells:
-            if is_checked(cell):
-                cell.outputs = executed[cell.get("id")].outputs
-        if _rewrite(path, nb, "recorded"):
+        ids = [c.get("id") for c in nb.cells if is_checked(c)]
+        store = path.parent / CHECKED_OUTPUTS
+        recorded = load_checked_outputs(path.parent)
+        entry = {}
+        if ids:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / path.name
+                papermill.execute_notebook(str(path), str(out), cwd=str(path.parent.resolve()), progress_bar=False)
+                executed = {c.get("id"): c for c in _read(out).cells}
+            entry = {i: _checked_outputs(executed[i].outputs) for i in ids}
+        if recorded.get(path.name, {}) != entry:
+            recorded = {k: v for k, v in recorded.items() if k != path.name} | ({path.name: entry} if entry else {})
+            write_text(store, json.dumps(dict(sorted(recorded.items())), indent=1, ensure_ascii=False) + "\n")
             changed.append(path)
+            log.info("recorded %s", path.name)
     return changed
 
 

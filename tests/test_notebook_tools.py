@@ -171,60 +171,42 @@ def test_cli_rejects_paths_for_sync(repo):
     assert nt.main(["sync", "--root", str(repo), str(repo / "notebooks" / "00_setup.ipynb")]) == 2
 
 
-def _checked_notebook(path: Path, stored: str | None) -> None:
-    """A numbered notebook whose checked cell prints 42; ``stored``: its committed stdout (None: none)."""
+
+def _checked_notebook(path: Path) -> None:
+    """A numbered notebook with a checked cell printing 42."""
     nb = _nb()
     cell = nbformat.v4.new_code_cell("print(6 * 7)")
     cell.metadata.tags = [nt.CHECK_OUTPUT_TAG]
-    if stored is not None:
-        cell.outputs, cell.execution_count = [nbformat.v4.new_output("stream", name="stdout", text=stored)], 1
     nb.cells.append(cell)
     nbformat.write(nb, str(path))
 
 
-def test_strip_keeps_only_the_plain_text_output_of_checked_cells(repo):
-    nt.sync(repo)
-    path = repo / "notebooks" / "00_setup.ipynb"
-    nb = nbformat.read(str(path), as_version=4)
-    cell = nb.cells[-2]
-    cell.metadata.tags = [nt.CHECK_OUTPUT_TAG]
-    cell.execution_count = 5
-    cell.outputs = [
-        nbformat.v4.new_output("stream", name="stdout", text="ci\n"),
-        nbformat.v4.new_output("stream", name="stderr", text="progress 10%\n"),
-        nbformat.v4.new_output("execute_result", data={"text/plain": "3 rows", "text/html": "<table/>",
-                                                       "image/png": "iVBOR"}, execution_count=5),
-    ]
-    nbformat.write(nb, str(path))
-    assert nt.strip([path]) == [path]
-    kept = _cells(path)[-2]
-    assert kept.execution_count == 1
-    assert [(o.output_type, o.get("name"), dict(o.get("data", {}))) for o in kept.outputs] == [
-        ("stream", "stdout", {}), ("display_data", None, {"text/plain": "3 rows"})]
-    assert nt.check(repo) == {}
-    assert nt.strip([path]) == []
-
-
-def test_check_wants_a_stored_output_in_every_checked_cell(repo):
-    nt.sync(repo)
+def test_check_wants_a_recorded_output_for_every_checked_cell(repo):
     path = repo / "notebooks" / "01_refcoco_prompt_tuning.ipynb"
-    _checked_notebook(path, stored=None)
+    _checked_notebook(path)
     nt.sync(repo)
-    assert any("have no stored output" in p for p in nt.check(repo)[path])
+    assert any("without an output" in p for p in nt.check(repo)[path])
 
 
 def test_record_stores_the_output_and_nbval_compares_it(repo):
-    """`record` runs the notebook and stores the checked cell's output; nbval then passes, and fails
-    once the stored output no longer matches what the cell prints."""
+    """`record` runs the notebook and stores the checked cell's output beside it (the notebook stays clean);
+    nbval, given it by the conftest hook, passes, and fails once the recorded output no longer matches."""
+    import json
     import subprocess
     import sys
 
     path = repo / "notebooks" / "01_refcoco_prompt_tuning.ipynb"
-    _checked_notebook(path, stored=None)
-    assert nt.record([path]) == [path]
-    checked = [c for c in _cells(path) if nt.is_checked(c)]
-    assert [o.text for o in checked[0].outputs] == ["42\n"] and checked[0].execution_count == 1
-    assert not any(c.outputs for c in _cells(path) if c.cell_type == "code" and not nt.is_checked(c))
+    _checked_notebook(path)
+    nt.sync(repo)
+    before = path.read_text()
+    assert nt.record([path]) == [path] and path.read_text() == before
+    store = repo / "notebooks" / nt.CHECKED_OUTPUTS
+    (cell_id, outputs), = json.loads(store.read_text())[path.name].items()
+    assert outputs == [{"output_type": "stream", "name": "stdout", "text": "42\n"}]
+    assert nt.check(repo) == {} and nt.record([path]) == []
+    (repo / "notebooks" / "conftest.py").write_text(
+        "from mmprompt.notebook_tools import attach_checked_outputs\n\n\n"
+        "def pytest_collection_modifyitems(items):\n    attach_checked_outputs(items)\n")
 
     def nbval() -> int:
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
@@ -232,5 +214,5 @@ def test_record_stores_the_output_and_nbval_compares_it(repo):
         return subprocess.run(cmd, capture_output=True, text=True, cwd=repo).returncode
 
     assert nbval() == 0
-    _checked_notebook(path, stored="41\n")
+    store.write_text(json.dumps({path.name: {cell_id: [dict(outputs[0], text="41\n")]}}))
     assert nbval() == 1
