@@ -35,6 +35,7 @@ import json
 import logging
 import re
 import sys
+import tempfile
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -357,9 +358,7 @@ def strip(paths: Sequence[str | Path]) -> list[Path]:
 def record(paths: Sequence[str | Path]) -> list[Path]:
     """Execute each notebook with checked cells at its defaults (papermill, in its own directory) and store
     their outputs in the :data:`CHECKED_OUTPUTS` file next to it; returns the notebooks whose entry changed."""
-    import tempfile
-
-    import papermill
+    import papermill  # heavy: imported only when recording
 
     changed = []
     for path in _existing(paths):

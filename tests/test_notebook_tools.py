@@ -1,4 +1,4 @@
-"""mmprompt.notebook_tools on throwaway repositories: sync, check, strip."""
+"""mmprompt.notebook_tools on throwaway repositories: sync, check, strip, record."""
 
 import logging
 from pathlib import Path
@@ -169,7 +169,6 @@ def test_strip_clears_outputs_counts_and_execution_metadata(repo):
 
 def test_cli_rejects_paths_for_sync(repo):
     assert nt.main(["sync", "--root", str(repo), str(repo / "notebooks" / "00_setup.ipynb")]) == 2
-
 
 
 def _checked_notebook(path: Path) -> None:

@@ -47,8 +47,8 @@ def test_the_numbered_notebooks_are_all_there():
 
 
 def test_committed_notebooks_are_clean_and_their_generated_cells_fresh():
-    """No outputs or execution counts outside the checked cells, exactly one parameters cell, a kernelspec,
-    and header, navigation and setup cells as `notebook_tools sync` writes them."""
+    """No outputs or execution counts, exactly one parameters cell, a kernelspec, a recorded output for each
+    checked cell, and header, navigation and setup cells as `notebook_tools sync` writes them."""
     assert nt.check(REPO) == {}
 
 
