@@ -9,10 +9,10 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "mmprompt.backbones",
-    "tune": "mmprompt.experiment",
-    "results_table": "mmprompt.experiment",
-    "get_profile": "mmprompt.profiles",
+    "load_model": "mmprompt.experiment.backbones",
+    "tune": "mmprompt.experiment.tune",
+    "results_table": "mmprompt.experiment.tune",
+    "get_profile": "mmprompt.experiment.profiles",
 }
 __all__ = sorted(_EXPORTS)
 

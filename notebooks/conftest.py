@@ -29,6 +29,6 @@ def pytest_collectstart(collector) -> None:
 
 def pytest_collection_modifyitems(items) -> None:
     """The recorded outputs of the checked cells, for nbval to compare."""
-    from mmprompt.notebook_tools import attach_checked_outputs
+    from mmprompt.workbook.notebook_tools import attach_checked_outputs
 
     attach_checked_outputs(items)

@@ -11,7 +11,7 @@
 #   DATA_DIR   the datasets in OFA's TSV layout: <task>_<split>.tsv for refcoco (RefCOCO), snli_ve, caption
 #              and vqa (+ trainval_ans2label.json); optionally $DATA_DIR/refcocoplus and $DATA_DIR/refcocog,
 #              each with refcoco_<split>.tsv, for the RefCOCO+ and RefCOCOg columns (skipped when absent).
-#              Split names are mmprompt's (mmprompt.profiles.SPLITS): refcoco val/testA/testB (RefCOCOg:
+#              Split names are mmprompt's (mmprompt.experiment.profiles.SPLITS): refcoco val/testA/testB (RefCOCOg:
 #              val-u as val, test-u as testA and testB), snli_ve dev/test, caption val/test (Karpathy),
 #              vqa val/test (test-dev/test-std are scored by the EvalAI server, not here)
 #   PYTHON     the interpreter (default: python)
@@ -30,7 +30,7 @@
 #
 # Runs that already finished (metrics.json, status ok) are skipped by the runner, so the script can be
 # re-run after an interruption. The training recipe per task (lr, batch, epochs, resolution, beam, EMA)
-# is the gpu profile's (mmprompt.profiles.GPU_TASK_DEFAULTS); launch a run under torchrun for data
+# is the gpu profile's (mmprompt.experiment.profiles.GPU_TASK_DEFAULTS); launch a run under torchrun for data
 # parallelism. Exit status: 0 all ok, 1 some run failed, 2 bad usage or environment.
 set -uo pipefail
 
@@ -89,7 +89,7 @@ for d in refcocoplus refcocog; do
 done
 
 COMMANDS=()
-# add NOTEBOOK SIZE DATA PARAMS...: one `mmprompt.runs sweep` command
+# add NOTEBOOK SIZE DATA PARAMS...: one `mmprompt.workbook.runs sweep` command
 add() {
     local nb="$1" size="$2" data="$3"; shift 3
     local cmd

@@ -23,9 +23,9 @@ def nano_tokenizer(tiny_synthetic):
 @pytest.fixture(scope="session")
 def random_ofa_dir(tmp_path_factory, nano_tokenizer):
     """A random ofa-nano-small saved with the nano tokenizer, as a shipped checkpoint would be (read-only)."""
-    from mmprompt.models.ofa import OFAModel
+    from mmprompt.models.ofa import OFAModel, save_pretrained
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny-ofa"
-    OFAModel.from_preset("ofa-nano-small", seed=0, vocab_size=len(nano_tokenizer)).save_pretrained(out)
+    save_pretrained(OFAModel.from_preset("ofa-nano-small", seed=0, vocab_size=len(nano_tokenizer)), out)
     nano_tokenizer.save_pretrained(out)
     return out

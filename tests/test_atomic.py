@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from mmprompt.atomic import atomic_write, default_mode, write_figure, write_json, write_jsonl, write_text
+from mmprompt.core.atomic import atomic_write, default_mode, write_figure, write_json, write_jsonl, write_text
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

@@ -129,7 +129,7 @@ def test_directories_load_in_transformers_with_identical_ids(tmp_path):
     """OFATokenizer and transformers' fast tokenizer read the same directory to the same ids and texts."""
     from transformers import PreTrainedTokenizerFast
 
-    from mmprompt.backbones import checkpoints_dir
+    from mmprompt.experiment.backbones import checkpoints_dir
     from mmprompt.data.synth import tokenizer_corpus
 
     train_nano_tokenizer(CORPUS, num_bins=16, vocab_size=400, out_dir=tmp_path / "saved")

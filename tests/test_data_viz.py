@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mmprompt.data.preprocess import preprocess_image  # noqa: E402
-from mmprompt.viz import GOLD_COLOR, PRED_COLOR, draw_example, draw_grid  # noqa: E402
+from mmprompt.workbook.viz import GOLD_COLOR, PRED_COLOR, draw_example, draw_grid  # noqa: E402
 
 
 def test_draw_example_gold_and_predicted_boxes():

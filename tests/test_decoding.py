@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmprompt.decoding import beam_search, generate, greedy_search, predict_boxes, score_candidates
+from mmprompt.eval.decoding import beam_search, generate, greedy_search, predict_boxes, score_candidates
 from mmprompt.models.ofa.testing import make_batch, one_thread, tiny_model
-from mmprompt.tuning.injection import attach, detach
+from mmprompt.core.injection import attach, detach
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as tmp_mp
 
 from mmprompt import load_model, tune
-from mmprompt.distributed_eval import DatasetShard, shard_indices
+from mmprompt.eval.distributed import DatasetShard, shard_indices
 from mmprompt.tuning import PrefixConfig
 
 EVAL = {"eval_batch_size": 3}  # 8 examples -> batches [0-2] [3-5] [6-7]: rank 0 decodes two, rank 1 one
@@ -114,7 +114,7 @@ def test_dataset_shard_delegates_to_its_dataset():
 
 
 def test_tune_cli_writes_the_result_on_rank_0_only(model_dir, tiny_synthetic, tmp_path, monkeypatch):
-    from mmprompt import tune_cli
+    from mmprompt.experiment import cli as tune_cli
 
     argv = ["--model-dir", str(model_dir), "--data-dir", str(tiny_synthetic), "--task", "snli_ve", "--method",
             "zero-shot", "--profile", "ci", "--eval-examples", "2", "--no-test-splits", "--recipe",

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mmprompt import runs
+from mmprompt.workbook import runs
 from mmprompt.models.florence2 import ensure_tiny_florence2
 
 from test_notebooks import DEPTH_NB

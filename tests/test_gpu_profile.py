@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from mmprompt import load_model, tune
-from mmprompt.experiment import model_size
+from mmprompt.experiment.tune import model_size
 from mmprompt.models.ofa import OFAModel
-from mmprompt.profiles import GPU_TASK_DEFAULTS, PROFILES, TASKS, get_profile, gpu_recipe, resolve_profile
+from mmprompt.experiment.profiles import GPU_TASK_DEFAULTS, PROFILES, TASKS, get_profile, gpu_recipe, resolve_profile
 
 
 def test_the_papers_prompt_tuning_recipe():
@@ -67,7 +67,7 @@ def backbone(random_ofa_dir):
 
 def test_tune_runs_the_gpu_recipe(backbone, tiny_synthetic, monkeypatch):
     seen = {}
-    import mmprompt.experiment as experiment
+    import mmprompt.experiment.tune as experiment
 
     real_train = experiment.train
 

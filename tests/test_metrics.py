@@ -1,4 +1,4 @@
-"""Hand-computed checks of every metric in mmprompt.metrics."""
+"""Hand-computed checks of every metric in mmprompt.eval.metrics."""
 
 import logging
 import shutil
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmprompt import metrics as M
+from mmprompt.eval import metrics as M
 
 # ---------------------------------------------------------------- IoU / Acc@0.5
 
@@ -188,7 +188,7 @@ def test_cider_ranks_better_captions_higher():
 def test_meteor_and_spice_are_none_without_java(monkeypatch, caplog):
     monkeypatch.setattr(M, "_java_available", lambda: False)
     refs = _world(4)
-    with caplog.at_level(logging.WARNING, logger="mmprompt.metrics"):
+    with caplog.at_level(logging.WARNING, logger="mmprompt.eval.metrics"):
         out = M.caption_scores([r[0] for r in refs], refs, tokenizer="auto")
     assert out["meteor"] is None and out["spice"] is None
     assert "METEOR skipped" in caplog.text and "SPICE skipped" in caplog.text

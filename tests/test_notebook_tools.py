@@ -1,4 +1,4 @@
-"""mmprompt.notebook_tools on throwaway repositories: sync, check, strip, record."""
+"""mmprompt.workbook.notebook_tools on throwaway repositories: sync, check, strip, record."""
 
 import logging
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mmprompt import notebook_tools as nt
+from mmprompt.workbook import notebook_tools as nt
 
 PYPROJECT = """[project]
 name = "x"
@@ -204,7 +204,7 @@ def test_record_stores_the_output_and_nbval_compares_it(repo):
     assert outputs == [{"output_type": "stream", "name": "stdout", "text": "42\n"}]
     assert nt.check(repo) == {} and nt.record([path]) == []
     (repo / "notebooks" / "conftest.py").write_text(
-        "from mmprompt.notebook_tools import attach_checked_outputs\n\n\n"
+        "from mmprompt.workbook.notebook_tools import attach_checked_outputs\n\n\n"
         "def pytest_collection_modifyitems(items):\n    attach_checked_outputs(items)\n")
 
     def nbval() -> int:

@@ -14,9 +14,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mmprompt import notebook_tools as nt
-from mmprompt import runs
-from mmprompt import workbook as wb
+from mmprompt.workbook import notebook_tools as nt
+from mmprompt.workbook import runs
+from mmprompt.workbook import api as wb
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"

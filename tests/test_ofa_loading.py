@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from mmprompt.models.ofa import OFAModel, from_pretrained
+from mmprompt.models.ofa import OFAModel, from_pretrained, save_pretrained
 from mmprompt.models.ofa.testing import make_batch, one_thread, tiny_model
 
 
@@ -34,9 +34,9 @@ def _bin_dir(tmp_path, model, state):
 
 def test_save_then_load_round_trip(model, tmp_path):
     batch = make_batch(model.config, (6, 4), image_size=32)
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
-    loaded, report = OFAModel.from_pretrained(tmp_path, output_loading_info=True)
+    loaded, report = from_pretrained(tmp_path, output_loading_info=True)
     assert report.clean and report.missing_keys == [] and report.unexpected_keys == []
     assert torch.equal(_outputs(model, batch), _outputs(loaded, batch))
     assert loaded.decoder.output_projection.weight is loaded.encoder.embed_tokens.weight
@@ -102,7 +102,7 @@ def test_sharded_bin(model, tmp_path):
 
 
 def test_config_overrides(model, tmp_path):
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     loaded = from_pretrained(tmp_path, dropout=0.0)
     assert loaded.config.dropout == 0.0
 

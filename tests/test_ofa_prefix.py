@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmprompt.models.ofa.testing import make_batch, one_thread, tiny_model
-from mmprompt.tuning.injection import attach, detach
+from mmprompt.core.injection import attach, detach
 
 
 @pytest.fixture(autouse=True, scope="module")

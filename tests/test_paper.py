@@ -1,10 +1,10 @@
-"""mmprompt.paper: the paper's tables as data (spot checks against the reference, derived numbers)."""
+"""mmprompt.workbook.paper: the paper's tables as data (spot checks against the reference, derived numbers)."""
 
 import math
 
 import pytest
 
-from mmprompt import paper
+from mmprompt.workbook import paper
 
 
 def test_tables_have_the_papers_shape_and_spot_values():

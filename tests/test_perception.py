@@ -1,7 +1,7 @@
 import pytest
 
 from mmprompt.data.texts import parse_listing
-from mmprompt.perception import FIELDS, grounding_by_objects, perception, score_object
+from mmprompt.nano.perception import FIELDS, grounding_by_objects, perception, score_object
 
 GOLD = "large purple circle <bin_15> <bin_2> <bin_32> <bin_19>"
 

@@ -1,4 +1,4 @@
-"""mmprompt.prefix_layout (tables, shapes, counts without applying) and mmprompt.widgets (the explorer)."""
+"""mmprompt.workbook.prefix_layout (tables, shapes, counts without applying) and mmprompt.workbook.widgets (the explorer)."""
 
 import copy
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmprompt.models.ofa.testing import tiny_model
-from mmprompt.prefix_layout import flat_prefix_parameters, mlp_prefix_parameters, prefix_budget, prefix_layout
+from mmprompt.workbook.prefix_layout import flat_prefix_parameters, mlp_prefix_parameters, prefix_budget, prefix_layout
 from mmprompt.tuning import PrefixConfig, apply_prefix, count_parameters
 
 
@@ -59,7 +59,7 @@ def test_layout_rejects_what_apply_rejects(model):
 
 
 def test_explorer_reacts_to_its_sliders(model):
-    from mmprompt import widgets as w
+    from mmprompt.workbook import widgets as w
 
     box = w.prefix_explorer(model, PrefixConfig(length=4), max_length=32)
     length, depth, report = box.children

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmprompt import load_model
-from mmprompt.pretrain import PretrainConfig, Stage, pretrain
+from mmprompt.nano.pretrain import PretrainConfig, Stage, pretrain
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -74,7 +74,7 @@ def test_bad_config_is_rejected(kwargs, match):
 
 
 def test_model_card_reports_pretraining_zero_shot_and_transfer(first_run, tiny_synthetic):
-    from mmprompt.model_card import METHOD_RUNS, TRANSFER_RUNS, tuning_study, write_card, zero_shot
+    from mmprompt.nano.model_card import METHOD_RUNS, TRANSFER_RUNS, tuning_study, write_card, zero_shot
 
     _, out = first_run
     zero = zero_shot(out, "ci", data_dir=tiny_synthetic)
@@ -95,7 +95,7 @@ def test_model_card_reports_pretraining_zero_shot_and_transfer(first_run, tiny_s
 
 
 def test_tuning_study_resumes_from_its_file(first_run, tiny_synthetic, tmp_path, monkeypatch):
-    import mmprompt.model_card as mc
+    import mmprompt.nano.model_card as mc
 
     _, out = first_run
     path = tmp_path / "tuning.json"
@@ -129,7 +129,7 @@ def test_tuning_study_resumes_from_its_file(first_run, tiny_synthetic, tmp_path,
 
 
 def test_data_id_follows_the_task_files(tmp_path):
-    from mmprompt.model_card import data_id
+    from mmprompt.nano.model_card import data_id
 
     for name in ("vqa_train.tsv", "vqa_val.tsv", "caption_train.tsv", "caption_val.tsv"):
         (tmp_path / name).write_text(name)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmprompt import runs
+from mmprompt.workbook import runs
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "reproduce_paper.sh"

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from mmprompt.decoding import beam_search
+from mmprompt.eval.decoding import beam_search
 from mmprompt.models.ofa import OFAConfig, OFAModel
-from mmprompt.robustness import (
+from mmprompt.robustness.attack import (
     ATTACK_SPACES,
     FGSM,
     Deltas,
@@ -57,7 +57,7 @@ def clean_loss(model, batch, deltas=None) -> float:
 
 
 def reference_gradient(model, batch, space: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean tensor, d loss / d tensor) computed without mmprompt.robustness."""
+    """(clean tensor, d loss / d tensor) computed without mmprompt.robustness.attack."""
     kw = dict(patch_images=batch["patch_images"], patch_masks=batch["patch_masks"],
               decoder_input_ids=batch["decoder_input_ids"], input_ids=batch["input_ids"])
     handle, holder = None, {}

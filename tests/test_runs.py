@@ -1,4 +1,4 @@
-"""mmprompt.runs: parameters, run ids, metrics files, papermill execution, sweeps and reports."""
+"""mmprompt.workbook.runs: parameters, run ids, metrics files, papermill execution, sweeps and reports."""
 
 import json
 import math
@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmprompt import atomic, runs
-from mmprompt.runs import RunConfig, int_range, run_id_for, save_metrics, validate_params
-from mmprompt.runs_report import collect_runs, format_cell, markdown_table, write_report
+from mmprompt.core import atomic
+
+from mmprompt.workbook import runs
+from mmprompt.workbook.runs import RunConfig, int_range, run_id_for, save_metrics, validate_params
+from mmprompt.workbook.report import collect_runs, format_cell, markdown_table, write_report
 
 
 def make_notebook(path: Path, body: str, params: str = "x = 1\nprofile = 'ci'\nrun_dir = None") -> Path:
@@ -27,7 +29,7 @@ def make_notebook(path: Path, body: str, params: str = "x = 1\nprofile = 'ci'\nr
 
 
 GOOD_BODY = """import sys, pathlib
-from mmprompt.runs import save_metrics
+from mmprompt.workbook.runs import save_metrics
 if run_dir:
     pathlib.Path(run_dir, "exe.txt").write_text(sys.executable)
 save_metrics({"acc": x / 4, "n": 4}, run_dir)
@@ -264,7 +266,7 @@ def test_format_cell_and_table_escape():
 
 
 def runs_report_record(value):
-    from mmprompt.runs_report import RunRecord
+    from mmprompt.workbook.report import RunRecord
 
     return RunRecord("nb", "rid", Path("."), "ok", {"p": value}, {"m": 1.0})
 
@@ -281,7 +283,7 @@ def test_run_executes_several_notebooks_in_order(tmp_path):
 
 
 def test_wide_tables_are_transposed_and_repeated_parameters_dropped():
-    from mmprompt.runs_report import RunRecord
+    from mmprompt.workbook.report import RunRecord
 
     metrics = {"profile": "cpu", **{f"m{i}": float(i) for i in range(12)}}
     runs_ = [RunRecord("nb", rid, Path("."), "ok", {"profile": "cpu", "x": x}, metrics) for rid, x in (("b", 2), ("a", 1))]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmprompt.tuning import hf
-from mmprompt.tuning.injection import attach, detach
+from mmprompt.core.injection import attach, detach
 from mmprompt.tuning.testing import single_thread, tiny_bart
 
 P, B, T = 3, 2, 5

@@ -18,7 +18,7 @@ from mmprompt.tuning import (
     remove_prefix,
 )
 from mmprompt.models.florence2 import enable_checkpointing
-from mmprompt.tuning.injection import attach, provider_of
+from mmprompt.core.injection import attach, provider_of
 from mmprompt.tuning.prefix import plan_sites
 from mmprompt.tuning.sites import discover_sites
 from mmprompt.tuning.testing import ToyVisionBart, single_thread, tiny_bart, tiny_bart_config

@@ -3,7 +3,7 @@ import torch
 
 from mmprompt.data import PretrainDataset, ensure_synthetic, load_tokenizer, split_path
 from mmprompt.models.ofa import OFAModel
-from mmprompt.vision_warmup import CLASSES, IGNORE, cell_labels, warm_up_resnet
+from mmprompt.nano.vision_warmup import CLASSES, IGNORE, cell_labels, warm_up_resnet
 
 
 def test_cell_labels_put_each_attribute_at_its_box_centre():

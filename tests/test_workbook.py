@@ -1,4 +1,4 @@
-"""mmprompt.workbook (notebook parameter rules, grids, checks, metrics layout) and mmprompt.reproduction."""
+"""mmprompt.workbook.api (notebook parameter rules, grids, checks, metrics layout) and mmprompt.workbook.reproduction."""
 
 import json
 import math
@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mmprompt import reproduction as rp
-from mmprompt import workbook as wb
-from mmprompt.runs import int_range
+from mmprompt.workbook import reproduction as rp
+from mmprompt.workbook import api as wb
+from mmprompt.workbook.runs import int_range
 
 
 # ------------------------------------------------------------------------------------------ rules

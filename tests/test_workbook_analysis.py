@@ -1,5 +1,5 @@
-"""Measurements the notebooks make on tuned models: held-out loss (mmprompt.experiment), FGSM sweeps of task
-metrics (mmprompt.robust_eval), training-step cost (mmprompt.efficiency) and the prediction plots (mmprompt.viz)."""
+"""Measurements the notebooks make on tuned models: held-out loss (mmprompt.experiment.tune), FGSM sweeps of task
+metrics (mmprompt.robustness.sweep), training-step cost (mmprompt.experiment.efficiency) and the prediction plots (mmprompt.workbook.viz)."""
 
 import math
 
@@ -14,13 +14,13 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from mmprompt import load_model, tune  # noqa: E402
 from mmprompt.data import split_path  # noqa: E402
-from mmprompt.efficiency import saved_activation_bytes, step_cost  # noqa: E402
-from mmprompt.experiment import heldout_loss  # noqa: E402
-from mmprompt.robust_eval import evaluate_under_attack, robustness_sweep  # noqa: E402
-from mmprompt.robustness import FGSM  # noqa: E402
+from mmprompt.experiment.efficiency import saved_activation_bytes, step_cost  # noqa: E402
+from mmprompt.experiment.tune import heldout_loss  # noqa: E402
+from mmprompt.robustness.sweep import evaluate_under_attack, robustness_sweep  # noqa: E402
+from mmprompt.robustness.attack import FGSM  # noqa: E402
 from mmprompt.training.losses import Seq2SeqLoss  # noqa: E402
 from mmprompt.tuning import PrefixConfig  # noqa: E402
-from mmprompt.viz import gold_examples, plot_histories, plot_pretrain_history, prediction_examples  # noqa: E402
+from mmprompt.workbook.viz import gold_examples, plot_histories, plot_pretrain_history, prediction_examples  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -143,7 +143,7 @@ def test_plot_histories_and_pretrain_history():
 
 
 def test_load_backbone_and_example_batch(backbone, tiny_synthetic):
-    from mmprompt import workbook as wb
+    from mmprompt.workbook import api as wb
 
     again = wb.load_backbone("ofa-nano", backbone.source, "ci", seed=0)  # model_dir wins over the name
     assert again.source == backbone.source

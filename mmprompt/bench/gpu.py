@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from mmprompt.bench.common import MB, interleaved, measure_peak, paired_ratio
-from mmprompt.atomic import write_json
+from mmprompt.core.atomic import write_json
 from mmprompt.bench.tuning import METHODS, NO_METHOD, Contender, Shape
 from mmprompt.models.ofa.config import PRESETS
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mmprompt.bench.common import call, peak_rss_bytes, rss_bytes
-from mmprompt.atomic import write_json
+from mmprompt.core.atomic import write_json
 from mmprompt.models.ofa.config import PRESETS, OFAConfig
 from mmprompt.models.ofa.position import patch_grid_size
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from mmprompt.bench.common import call, interleaved, measure_peak, setup_process, timed
-from mmprompt.atomic import write_json
+from mmprompt.core.atomic import write_json
 from mmprompt.models.florence2.backbone import enable_checkpointing
 
 logger = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from mmprompt.bench.common import call, interleaved, measure_peak, paired_ratio, setup_process, timed
-from mmprompt.atomic import write_json
+from mmprompt.core.atomic import write_json
 from mmprompt.models.ofa.config import PRESETS, OFAConfig
 from mmprompt.models.ofa.position import patch_grid_size
 
@@ -164,7 +164,7 @@ class Contender:
     @torch.no_grad()
     def generate(self, kind: str = "decode") -> None:
         """One inference call: a greedy decode of exactly ``decode_len`` tokens, or one forward."""
-        from mmprompt.decoding import greedy_search
+        from mmprompt.eval.decoding import greedy_search
 
         self.model.eval()
         with self.autocast():

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmprompt.atomic import default_mode, write_json
+from mmprompt.core.atomic import default_mode, write_json
 from mmprompt.data import tasks as T
 from mmprompt.data.texts import (
     COUNT_ANSWERS,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from mmprompt.atomic import default_mode, write_json
+from mmprompt.core.atomic import default_mode, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from mmprompt.atomic import atomic_write
+from mmprompt.core.atomic import atomic_write
 from mmprompt.data.texts import PRETRAIN_SUBTASKS
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmprompt.atomic import default_mode, fsync_file, write_json
+from mmprompt.core.atomic import default_mode, fsync_file, write_json
 
 __all__ = ["Checkpoint", "append_jsonl", "atomic_dir", "capture_rng", "clean_stale",
            "find_checkpoint", "load_tensors", "read_checkpoint", "restore_rng",
@@ -154,7 +154,7 @@ def read_checkpoint(directory: str | Path, *, with_state: bool = True) -> Checkp
     directory = Path(directory)
     if not (directory / META).is_file():
         raise FileNotFoundError(f"checkpoint directory={str(directory)!r} has no {META}; "
-                                "expected a directory written by mmprompt.train")
+                                "expected a directory written by mmprompt.training")
     meta = json.loads((directory / META).read_text())
     ema = load_tensors(directory / EMA) if (directory / EMA).is_file() else None
     buffers = load_tensors(directory / BUFFERS) if (directory / BUFFERS).is_file() else {}

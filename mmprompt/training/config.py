@@ -38,7 +38,7 @@ def _check_int(name: str, value: Any, lo: int, *, optional: bool = False) -> Non
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters and run settings of :func:`mmprompt.train.train`.
+    """Hyperparameters and run settings of :func:`mmprompt.training.train`.
 
     Defaults follow OFA's prompt-tuning recipe: AdamW (0.9, 0.999), eps 1e-8, weight decay 0.01,
     polynomial (power 1, i.e. linear) decay to ``end_lr`` 0 after a warmup of 6 % of the steps,

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from tqdm.auto import tqdm
 
-from mmprompt.atomic import write_json, write_jsonl
+from mmprompt.core.atomic import write_json, write_jsonl
 
 from . import checkpoint as ck
 from .config import TrainConfig

@@ -1,6 +1,6 @@
 """Tuning methods for BART-family encoder-decoders: prefix tuning (the paper) and its baselines.
 
-Public names are loaded lazily, so ``import mmprompt.tuning.injection`` (used by the OFA model) stays
+Public names are loaded lazily, so ``import mmprompt.core.injection`` (used by the OFA model) stays
 light; ``mmprompt.tuning.hf`` registers the prefix attention backends with transformers when imported
 (``prefix.py`` imports it).
 """

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from mmprompt.atomic import atomic_write, write_json
+from mmprompt.core.atomic import atomic_write, write_json
 from mmprompt.tuning import state as st
 from mmprompt.tuning.prefix import PrefixConfig, PrefixModule, apply_prefix, prefix_module
 from mmprompt.tuning.sites import discover_sites

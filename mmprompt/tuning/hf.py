@@ -3,7 +3,7 @@
 transformers' ``BartAttention.forward`` projects q/k/v, reads/writes its cache, then calls the
 attention function registered under ``config._attn_implementation``. This module registers two such
 functions, ``mmprompt_prefix_sdpa`` and ``mmprompt_prefix_eager``: each calls
-:func:`mmprompt.tuning.injection.extend_with_prefix` on the module (a no-op for modules without a
+:func:`mmprompt.core.injection.extend_with_prefix` on the module (a no-op for modules without a
 provider) and delegates to the implementation the model was using. Prefixes are applied by pointing
 the configs of the targeted attention modules at these names (:func:`enable`) and undone by restoring
 the original names (:func:`disable`). No modeling code is copied and no cache plumbing is touched:
@@ -32,7 +32,7 @@ import torch.nn as nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-from mmprompt.tuning.injection import extend_with_prefix
+from mmprompt.core.injection import extend_with_prefix
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmprompt.tuning import hf, state as st
-from mmprompt.tuning.injection import attach, detach
+from mmprompt.core.injection import attach, detach
 from mmprompt.tuning.sites import SITE_KINDS, STACKS, AttentionSite, BackboneSites, discover_sites, stack_of
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ Batches follow :mod:`mmprompt.data.collate`'s contract (``input_ids``, ``attenti
 ``patch_images`` = the processor's ``pixel_values``, ``patch_masks``, ``decoder_input_ids`` = ``</s> <s>``
 + target, ``target_ids`` = ``<s>`` + target + ``</s>``, ``decoder_prompt_lengths`` = 1, ``task``, ``ids``,
 ``refs``). :func:`accept_batch_contract` lets the model take those keys directly, so the default loss of
-:func:`mmprompt.train.train` trains it. Predictions come from transformers' own ``generate``.
+:func:`mmprompt.training.train` trains it. Predictions come from transformers' own ``generate``.
 
 Modules: :mod:`.conventions` (location tokens, prompts, generation defaults), :mod:`.data` (datasets,
 batches, model inputs), :mod:`.backbone` (loading, ``generate``-based prediction and evaluation,

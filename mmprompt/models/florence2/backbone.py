@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from mmprompt import metrics
-from mmprompt.evaluation import EvalResult, EvalSettings
+from mmprompt.eval import metrics
+from mmprompt.eval.evaluation import EvalResult, EvalSettings
 from mmprompt.models.florence2.conventions import answer_text, loc_tokens_to_box
 from mmprompt.models.florence2.data import (
     Florence2TaskDataset,
@@ -192,7 +192,7 @@ class Florence2Backbone:
     """A Florence-2 model with its processor and the task plumbing the experiment layer needs.
 
     On construction the model learns to take batch-contract keywords (:func:`accept_batch_contract`), so
-    :func:`mmprompt.train.train`'s default loss trains it; prefixes go on ``backbone.model``.
+    :func:`mmprompt.training.train`'s default loss trains it; prefixes go on ``backbone.model``.
     """
 
     model: torch.nn.Module

@@ -4,7 +4,7 @@ Each attention call receives ONE additive float bias ``[B or 1, H, Tq, Tk]`` tha
 absolute-position bias, the relative bias, and padding/causal blocking (``finfo.min``, written with
 ``torch.where`` so it never sums to ``-inf``: a fully blocked row degrades to a uniform softmax instead
 of NaN). Right before the attention product — after the incremental cache was read and written — the
-module calls :func:`mmprompt.tuning.injection.extend_with_prefix`, so prefix columns never enter a
+module calls :func:`mmprompt.core.injection.extend_with_prefix`, so prefix columns never enter a
 cache and carry no position bias.
 """
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmprompt.tuning.injection import extend_with_prefix
+from mmprompt.core.injection import extend_with_prefix
 
 from .config import OFAConfig
 from .resnet import DropPath

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmprompt.atomic import atomic_write, write_text
+from mmprompt.core.atomic import atomic_write, write_text
 
 from .config import OFAConfig
 from .modeling import OFAModel

@@ -415,18 +415,6 @@ class OFAModel(nn.Module):
         """Random-weight model of a named preset (see :data:`mmprompt.models.ofa.config.PRESETS`)."""
         return cls(OFAConfig.from_preset(name, **overrides), seed=seed)
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs: Any):
-        """Load an OFA-Sys HF-style directory; see :func:`mmprompt.models.ofa.loading.from_pretrained`."""
-        from .loading import from_pretrained
-
-        return from_pretrained(path, **kwargs)
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""
-        from .loading import save_pretrained
-
-        return save_pretrained(self, directory)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

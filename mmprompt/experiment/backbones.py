@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from mmprompt.data import TaskDataset, build_ofa_tokenizer, load_tokenizer
-from mmprompt.evaluation import EvalResult, EvalSettings, evaluate
-from mmprompt.models.ofa import OFAConfig, OFAModel
+from mmprompt.eval.evaluation import EvalResult, EvalSettings, evaluate
+from mmprompt.models.ofa import OFAConfig, OFAModel, from_pretrained
 
-#: Checkpoints shipped in the repository (``data/checkpoints/<name>``), pretrained by ``mmprompt.pretrain``.
+#: Checkpoints shipped in the repository (``data/checkpoints/<name>``), pretrained by ``mmprompt.nano.pretrain``.
 SHIPPED = ("ofa-nano", "ofa-nano-small")
 DEFAULT_BACKBONE = "ofa-nano"
 
@@ -28,7 +28,7 @@ DEFAULT_BACKBONE = "ofa-nano"
 def checkpoints_dir() -> Path:
     """Where shipped checkpoints live: ``$MMPROMPT_CHECKPOINTS`` or this checkout's ``data/checkpoints``."""
     env = os.environ.get("MMPROMPT_CHECKPOINTS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "checkpoints"
 
 
 @dataclass
@@ -105,7 +105,7 @@ def load_model(name_or_dir: str | os.PathLike = DEFAULT_BACKBONE, *, pretrained:
         raise ValueError(f"backbone={name!r}: config.json model_type={kind!r}; allowed 'ofa' or 'florence2'")
     tokenizer = _ofa_tokenizer(directory)
     if pretrained:
-        model = OFAModel.from_pretrained(directory)
+        model = from_pretrained(directory)
     else:
         model = OFAModel(OFAConfig.from_json(directory / "config.json"), seed=seed).eval()
     return OFABackbone(model.to(device), tokenizer, name=Path(name).name, source=str(directory))

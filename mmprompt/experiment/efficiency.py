@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from mmprompt.data import split_path
-from mmprompt.experiment import resolve_data, resolve_method
-from mmprompt.profiles import TASKS, get_profile
+from mmprompt.experiment.tune import resolve_data, resolve_method
+from mmprompt.experiment.profiles import TASKS, get_profile
 from mmprompt.training.losses import Seq2SeqLoss
 from mmprompt.tuning import apply_method, count_parameters
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch.nn as nn
 
-from mmprompt.prefix_layout import prefix_budget
+from mmprompt.workbook.prefix_layout import prefix_budget
 from mmprompt.tuning.prefix import PrefixConfig
 from mmprompt.tuning.sites import discover_sites, stack_of
 
@@ -26,7 +26,7 @@ OUTPUT_CLASS = "mmprompt-explorer-output"
 
 
 def budget_html(config: PrefixConfig, budget: dict) -> str:
-    """The explorer's report for ``config`` and its :func:`mmprompt.prefix_layout.prefix_budget`."""
+    """The explorer's report for ``config`` and its :func:`mmprompt.workbook.prefix_layout.prefix_budget`."""
     depth = "every layer" if config.depth is None else f"{config.depth} layer(s) from the {config.depth_from}"
     head = (f"<b>P = {config.length}, depth = {depth}: {budget['trainable']:,} trainable parameters "
             f"= {100 * budget['fraction_of_backbone']:.2f} % of the backbone's {budget['backbone']:,}</b>")

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from mmprompt import metrics
-from mmprompt.evaluation import EvalResult, EvalSettings
+from mmprompt.eval import metrics
+from mmprompt.eval.evaluation import EvalResult, EvalSettings
 from mmprompt.training.distributed import barrier, broadcast_object, dist_info, gather_objects
 
 __all__ = ["DatasetShard", "evaluate_sharded", "score_rows", "shard_indices", "shared_tempdir"]
@@ -61,7 +61,7 @@ def shard_indices(n: int, batch_size: int, rank: int, world_size: int) -> list[i
 
 def score_rows(task: str, rows: Sequence[dict[str, Any]], settings: EvalSettings) -> dict[str, float | None]:
     """The task's metrics of prediction rows (``{"id", "prediction", "reference"}``), scored the way
-    :func:`mmprompt.evaluation.evaluate` scores them."""
+    :func:`mmprompt.eval.evaluation.evaluate` scores them."""
     preds = [r["prediction"] for r in rows]
     refs = [r["reference"] for r in rows]
     options: dict[str, Any] = {}

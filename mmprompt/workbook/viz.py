@@ -136,7 +136,7 @@ def prediction_examples(dataset, predictions: Mapping[str, Sequence[dict]], n: i
     """Keyword-argument dicts for :func:`draw_grid` showing ``n`` examples (rows) under every method (columns).
 
     ``dataset``: the evaluated task dataset (``TaskDataset``); ``predictions``: method label -> the
-    ``predictions`` rows of an evaluation or :class:`~mmprompt.experiment.TuneResult` (row k belongs to
+    ``predictions`` rows of an evaluation or :class:`~mmprompt.experiment.tune.TuneResult` (row k belongs to
     dataset item k). Reference expressions get the gold box (green) and the method's box (red, dashed);
     the other tasks get the input text, gold and predicted answer under the image. Use
     ``draw_grid(examples, ncols=len(predictions))``.
@@ -169,7 +169,7 @@ def prediction_examples(dataset, predictions: Mapping[str, Sequence[dict]], n: i
 def plot_histories(histories: Mapping[str, Sequence[dict]], key: str = "loss", event: str = "train", ax=None,
                    *, smooth: int = 1, title: str | None = None):
     """Training curves: ``key`` of the ``event`` records (``"train"`` losses, ``"eval"`` metrics) of each
-    history (a :class:`~mmprompt.experiment.TuneResult` ``history``) against the step, one line per label,
+    history (a :class:`~mmprompt.experiment.tune.TuneResult` ``history``) against the step, one line per label,
     optionally smoothed by a running mean over ``smooth`` records. Returns the Axes."""
     import matplotlib.pyplot as plt
 

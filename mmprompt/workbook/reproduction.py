@@ -1,9 +1,9 @@
 """Put executed notebook runs next to the paper's numbers (notebook 10).
 
 Every notebook saves ``results = {task: {variant: {split: headline metric}}}`` in its ``metrics.json``
-(:func:`mmprompt.workbook.results_dict`); :data:`PAPER_ROWS` says which paper table and row a variant of a
+(:func:`mmprompt.workbook.api.results_dict`); :data:`PAPER_ROWS` says which paper table and row a variant of a
 notebook corresponds to. :func:`comparison_table` reads the runs under a ``papermill_runs`` directory
-(:func:`mmprompt.runs_report.collect_runs`) and lines them up with :mod:`mmprompt.paper`;
+(:func:`mmprompt.workbook.report.collect_runs`) and lines them up with :mod:`mmprompt.workbook.paper`;
 :func:`gpu_commands` prints the runs that produce the reproduction on a GPU machine.
 """
 
@@ -15,8 +15,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from mmprompt import paper
-from mmprompt.runs_report import collect_runs
+from mmprompt.workbook import paper
+from mmprompt.workbook.report import collect_runs
 
 __all__ = ["PAPER_ROWS", "comparison_table", "default_runs_root", "gpu_commands", "paper_size", "run_results"]
 
@@ -101,7 +101,7 @@ _GPU_PLAN: tuple[tuple[str, str], ...] = (
 def gpu_commands(model_dir: str = "/ckpt/ofa-large", data_dir: str = "/data/ofa",
                  out: str = "papermill_runs/gpu", sizes: tuple[str, ...] = ()) -> list[str]:
     """Shell commands (run from the repository root) that execute the GPU reproduction with
-    :mod:`mmprompt.runs` into ``out``. ``data_dir`` holds the real datasets in OFA's TSV layout
+    :mod:`mmprompt.workbook.runs` into ``out``. ``data_dir`` holds the real datasets in OFA's TSV layout
     (``<task>_<split>.tsv``); ``sizes`` adds Table 1 runs of notebook 02 for other OFA checkpoints
     (``/ckpt/ofa-<size>`` next to ``model_dir``)."""
     common = f"--profile gpu -p model_dir {shlex.quote(model_dir)} -p data_dir {shlex.quote(data_dir)} " \
@@ -119,7 +119,7 @@ def gpu_commands(model_dir: str = "/ckpt/ofa-large", data_dir: str = "/data/ofa"
 
 def default_runs_root() -> Path:
     """``papermill_runs`` of the source checkout this package runs from, else ``./papermill_runs``."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     if (repo / "pyproject.toml").is_file():
         return repo / "papermill_runs"
     return Path("papermill_runs")

@@ -1,10 +1,10 @@
 """Task metrics of tuned models under FGSM (the paper's Section 4.3 / Figure 3 study).
 
 :func:`evaluate_under_attack` decodes a task's validation examples exactly like
-:func:`mmprompt.evaluation.evaluate`, except that every batch's encoder inputs are first perturbed by an
-attack (:class:`mmprompt.robustness.FGSM`) computed on that batch; :func:`robustness_sweep` runs
-:func:`mmprompt.robustness.epsilon_sweep` over several tuned models, giving rows for
-:func:`mmprompt.robustness.plot_sweep` / :func:`~mmprompt.robustness.sweep_table`.
+:func:`mmprompt.eval.evaluation.evaluate`, except that every batch's encoder inputs are first perturbed by an
+attack (:class:`mmprompt.robustness.attack.FGSM`) computed on that batch; :func:`robustness_sweep` runs
+:func:`mmprompt.robustness.attack.epsilon_sweep` over several tuned models, giving rows for
+:func:`mmprompt.robustness.attack.plot_sweep` / :func:`~mmprompt.robustness.attack.sweep_table`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mmprompt import metrics as task_metrics
-from mmprompt.evaluation import MAIN_METRIC, PREDICTORS
-from mmprompt.experiment import resolve_data
-from mmprompt.profiles import SPLITS, TASKS, get_profile
-from mmprompt.robustness import attacked, epsilon_sweep
+from mmprompt.eval import metrics as task_metrics
+from mmprompt.eval.evaluation import MAIN_METRIC, PREDICTORS
+from mmprompt.experiment.tune import resolve_data
+from mmprompt.experiment.profiles import SPLITS, TASKS, get_profile
+from mmprompt.robustness.attack import attacked, epsilon_sweep
 from mmprompt.training.losses import Seq2SeqLoss
 
 __all__ = ["evaluate_under_attack", "robustness_sweep"]

@@ -1,12 +1,12 @@
 """Plumbing shared by the numbered notebooks: parameter rules, per-profile grids, sanity checks and the
 metrics layout every notebook saves.
 
-* :func:`validate` checks a notebook's parameters (the common ones of :mod:`mmprompt.runs` plus the
+* :func:`validate` checks a notebook's parameters (the common ones of :mod:`mmprompt.workbook.runs` plus the
   workbook's knobs in :data:`RULES`) and raises ONE ``ValueError`` listing every bad value;
 * :func:`grid` gives a sweep's points for a profile (2-3 points at ``ci``, the paper's grid otherwise);
 * :func:`check_result` asserts what must hold for any tuning run (finite metrics in range, sane counts);
 * :func:`results_dict` lays results out as ``{task: {variant: {split: main metric}}}``, the ``results``
-  entry of every notebook's ``metrics.json`` that :mod:`mmprompt.reproduction` compares with the paper.
+  entry of every notebook's ``metrics.json`` that :mod:`mmprompt.workbook.reproduction` compares with the paper.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmprompt.runs import PROFILES, TASKS, ParamRule, int_range, one_of, validate_params
+from mmprompt.workbook.runs import PROFILES, TASKS, ParamRule, int_range, one_of, validate_params
 
 __all__ = [
     "GRIDS", "RULES", "check_result", "checkpoint_card", "choice_list", "example_batch", "grid", "int_list",
@@ -72,7 +72,7 @@ def name_list() -> ParamRule:
                      "a non-empty list of distinct backbone names or model directories")
 
 
-#: The workbook's own notebook knobs (the common ones live in :data:`mmprompt.runs.COMMON_RULES`).
+#: The workbook's own notebook knobs (the common ones live in :data:`mmprompt.workbook.runs.COMMON_RULES`).
 RULES: dict[str, ParamRule] = {
     "backbone": non_empty_str(),
     "backbones": optional(name_list()),
@@ -117,8 +117,8 @@ def model_source(backbone: str, model_dir: str | os.PathLike | None) -> str:
 def load_backbone(backbone: str, model_dir: str | os.PathLike | None, profile: str, seed: int = 0):
     """:func:`mmprompt.load_model` of :func:`model_source` on the profile's device (``cuda`` for ``gpu``), so
     that zero-shot evaluation and every measurement run where the tuned models do."""
-    from mmprompt.backbones import load_model
-    from mmprompt.profiles import get_profile
+    from mmprompt.experiment.backbones import load_model
+    from mmprompt.experiment.profiles import get_profile
 
     return load_model(model_source(backbone, model_dir), device=get_profile(profile).device, seed=seed)
 
@@ -128,8 +128,8 @@ def example_batch(backbone, task: str, profile: str, data_dir: str | os.PathLike
     import torch
 
     from mmprompt.data import split_path
-    from mmprompt.experiment import resolve_data
-    from mmprompt.profiles import SPLITS, get_profile
+    from mmprompt.experiment.tune import resolve_data
+    from mmprompt.experiment.profiles import SPLITS, get_profile
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: must be an integer >= 1")

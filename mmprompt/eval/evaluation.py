@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from mmprompt import decoding, metrics
+from mmprompt.eval import decoding, metrics
 from mmprompt.data import TaskDataset, bin_token_ids, bins_to_box, decode_ids, encode_text, id_to_bin
 
 logger = logging.getLogger(__name__)

@@ -9,11 +9,11 @@
 training loop (best validation checkpoint restored), and scores the validation and test splits.
 
 With ``profile="gpu"`` the recipe depends on the task, the method and the model size
-(:func:`mmprompt.profiles.resolve_profile`): the paper's learning rates, batch sizes (gradient accumulation
+(:func:`mmprompt.experiment.profiles.resolve_profile`): the paper's learning rates, batch sizes (gradient accumulation
 up to the effective batch), epochs, label smoothing, warmup, EMA, image resolution, beam size and prompt
 length, bf16 autocast, TF32 and DataLoader workers; ``recipe`` overrides any of it. Under ``torchrun`` the
 training is data-parallel and every evaluation is sharded across the ranks
-(:mod:`mmprompt.distributed_eval`): all ranks return the same result, and only rank 0 writes files.
+(:mod:`mmprompt.eval.distributed`): all ranks return the same result, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 from mmprompt.data import ensure_synthetic, split_path
-from mmprompt.distributed_eval import evaluate_sharded, shared_tempdir
-from mmprompt.evaluation import MAIN_METRIC, EvalResult
-from mmprompt.profiles import SPLITS, TASKS, Profile, get_profile, resolve_profile
-from mmprompt.train import TrainConfig, train
+from mmprompt.eval.distributed import evaluate_sharded, shared_tempdir
+from mmprompt.eval.evaluation import MAIN_METRIC, EvalResult
+from mmprompt.experiment.profiles import SPLITS, TASKS, Profile, get_profile, resolve_profile
+from mmprompt.training import TrainConfig, train
 from mmprompt.training.distributed import init_distributed
 from mmprompt.tuning import (
     AdapterConfig,
@@ -141,7 +141,7 @@ def _train_config(profile: Profile, name: str, lr: float | None, seed: int, out_
 
 def _dataset(backbone, task: str, path: Path, profile: Profile, **kwargs: Any):
     """``backbone.make_dataset``, at the profile's image resolution when it sets one (OFA backbones)."""
-    from mmprompt.backbones import OFABackbone
+    from mmprompt.experiment.backbones import OFABackbone
     from mmprompt.data import TaskDataset
 
     if profile.image_size is not None and isinstance(backbone, OFABackbone):
@@ -216,7 +216,7 @@ def tune(backbone, task: str, method: str | object = "prefix", *, profile: str =
 
     ``method``: a name from :data:`METHODS` or a config (e.g. ``PrefixConfig(length=16, depth=3)``).
     ``steps``/``batch_size`` (per process)/``eval_examples`` override the profile; ``lr`` the profile's rate
-    for the method family; ``recipe`` any other :class:`~mmprompt.profiles.Profile` field (e.g.
+    for the method family; ``recipe`` any other :class:`~mmprompt.experiment.profiles.Profile` field (e.g.
     ``{"epochs": 50, "effective_batch_size": 256, "image_size": 384, "ema_decay": None}``; None sets None).
     With ``keep_model`` the tuned model is returned in the result.
     """

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmprompt.atomic import write_figure, write_text
-from mmprompt.runs import FAILED_SUFFIX, read_json
+from mmprompt.core.atomic import write_figure, write_text
+from mmprompt.workbook.runs import FAILED_SUFFIX, read_json
 
 log = logging.getLogger(__name__)
 

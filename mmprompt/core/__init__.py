@@ -1,0 +1,1 @@
+"""Bottom layer: atomic file/directory writes, parameter checks, the prefix-injection contract, names."""

@@ -1,0 +1,1 @@
+"""Decoding, metrics and evaluation of a model on a task split."""

@@ -1,0 +1,1 @@
+"""Backbones, profiles and the one `tune` call the notebooks use; the tuning CLI; efficiency measurements."""

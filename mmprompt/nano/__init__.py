@@ -1,0 +1,1 @@
+"""The embedded nano checkpoints: pretraining, vision warm-up, perception probes, model cards."""

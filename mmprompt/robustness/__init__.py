@@ -1,0 +1,1 @@
+"""FGSM attacks (attack.py) and their task-level sweeps (sweep.py)."""
