@@ -4,7 +4,7 @@ post-LN, non-NormFormer and other activation branches) equal stored references b
 For every model, a fixed 2-row batch (padded text, a 32×32 image, one sample's image masked) is run
 without and with prefixes attached to every attention (encoder self, decoder self, decoder cross),
 through the full teacher-forced decoder and through one incremental step after a cached prefix of
-the target. Stored per output: a strided slice of the vocabulary (``[..., ::32]``) and the float64
+the target; and once in train mode from a fixed seed (dropout and drop-path draws in a fixed order). Stored per output: a strided slice of the vocabulary (``[..., ::32]``) and the float64
 sum over the whole vocabulary (one changed bit anywhere changes it).
 
 Regenerate (only on purpose, from code whose numerics you trust):
@@ -33,7 +33,9 @@ REFERENCE = ROOT / "tests" / "data" / "ofa_numerics.safetensors"
 CHECKPOINTS = ("ofa-nano", "ofa-nano-small")
 RANDOM_VARIANTS = {
     "random-postln-relu": dict(encoder_normalize_before=False, decoder_normalize_before=False, normformer=False,
-                               activation_function="relu", entangle_position_embedding=True, scale_embedding=True),
+                               activation_function="relu", entangle_position_embedding=True, scale_embedding=True,
+                               attention_dropout=0.1, activation_dropout=0.1, encoder_drop_path_rate=0.2,
+                               decoder_drop_path_rate=0.2),
     "random-gelu-new": dict(activation_function="gelu_new"),
 }
 CASES = CHECKPOINTS + tuple(RANDOM_VARIANTS)
@@ -90,8 +92,20 @@ def _outputs(model: OFAModel, batch: dict[str, torch.Tensor]) -> dict[str, torch
     return {"full": full, "step": step}
 
 
+def _train_outputs(model: OFAModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Teacher-forced logits in train mode from a fixed seed: pins the order of dropout/drop-path draws."""
+    model.train()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return {"full": model(**batch).logits}
+    finally:
+        model.eval()
+
+
 def compute(case: str) -> dict[str, torch.Tensor]:
-    """The stored reductions of one model's outputs, keyed ``{case}/{plain|prefix}/{full|step}/{slice|sum}``."""
+    """The stored reductions of one model's outputs, keyed
+    ``{case}/{plain|prefix|train}/{full|step}/{slice|sum}``."""
     with one_thread():
         model = _model(case)
         batch = _batch(model.config)
@@ -102,6 +116,7 @@ def compute(case: str) -> dict[str, torch.Tensor]:
         finally:
             for site in sites:
                 detach(site)
+        runs["train"] = _train_outputs(model, batch)
     result = {}
     for variant, outputs in runs.items():
         for kind, logits in outputs.items():
@@ -136,12 +151,13 @@ def test_logits_equal_the_stored_reference(reference, case):
 
 
 def test_prefixes_and_cache_change_what_they_should(reference):
-    """The stored cases are not degenerate: prefixes change the logits; the cached step equals the
+    """The stored cases are not degenerate: prefixes and dropout change the logits; the cached step equals the
     last column of the full run to float tolerance (not bitwise: different matmul shapes)."""
     tensors, _ = reference
     for case in CASES:
-        plain, prefix = (tensors[f"{case}/{v}/full/slice"] for v in ("plain", "prefix"))
+        plain, prefix, train = (tensors[f"{case}/{v}/full/slice"] for v in ("plain", "prefix", "train"))
         assert (plain - prefix).abs().max() > 1e-2
+        assert (plain - train).abs().max() > 1e-2  # dropout was active
         for variant in ("plain", "prefix"):
             full, step = (tensors[f"{case}/{variant}/{k}/slice"] for k in ("full", "step"))
             torch.testing.assert_close(step[:, 0], full[:, -1], rtol=1e-4, atol=1e-4)
