@@ -4,8 +4,9 @@ post-LN, non-NormFormer and other activation branches) equal stored references b
 For every model, a fixed 2-row batch (padded text, a 32×32 image, one sample's image masked) is run
 without and with prefixes attached to every attention (encoder self, decoder self, decoder cross),
 through the full teacher-forced decoder and through one incremental step after a cached prefix of
-the target; and once in train mode from a fixed seed (dropout and drop-path draws in a fixed order). Stored per output: a strided slice of the vocabulary (``[..., ::32]``) and the float64
-sum over the whole vocabulary (one changed bit anywhere changes it).
+the target; and once in train mode from a fixed seed (dropout and drop-path draws in a fixed order).
+Stored per output: a strided slice of the vocabulary (``[..., ::32]``) and the float64 sum over the
+whole vocabulary (one changed bit anywhere changes it).
 
 Regenerate (only on purpose, from code whose numerics you trust):
 ``OMP_NUM_THREADS=1 PYTHONPATH=$PWD python tests/test_ofa_numerics.py --write``.
