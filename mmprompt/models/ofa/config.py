@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .activations import ACT2FN
+
 logger = logging.getLogger(__name__)
 
 #: Blocks per stage of the three-stage bottleneck ResNets OFA uses (the fourth stage is dropped).
@@ -29,7 +31,7 @@ RESNET_LAYERS: dict[str, tuple[int, int, int]] = {
     "resnet101": (3, 4, 23),
     "resnet152": (3, 8, 36),
 }
-ACTIVATIONS = ("gelu", "relu", "gelu_new", "silu", "tanh")
+ACTIVATIONS = tuple(ACT2FN)
 RESNET_STRIDE = 16  # stem (4) × stage 2 (2) × stage 3 (2)
 
 

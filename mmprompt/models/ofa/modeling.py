@@ -124,36 +124,37 @@ def _check_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
                              f"(vocab_size={vocab_size})")
 
 
-class _PositionTables(nn.Module):
-    """Position embeddings, their LNs and the per-layer relative-bias tables shared by encoder and decoder."""
+def _relative_bias_tables(num_buckets: int, num_heads: int, num_layers: int) -> nn.ModuleList:
+    """One ``[num_buckets, num_heads]`` relative-position bias table per layer."""
+    return nn.ModuleList(nn.Embedding(num_buckets, num_heads) for _ in range(num_layers))
 
-    def _init_positions(self, config: OFAConfig, num_layers: int, heads: int) -> None:
-        d = config.d_model
-        self.num_heads = heads
-        self.pos_scaling = float(d / heads * config.attn_scale_factor) ** -0.5
-        self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, d)
-        self.embed_image_positions = nn.Embedding(config.image_bucket_size**2 + 1, d)
-        self.pos_ln = nn.LayerNorm(d)
-        self.image_pos_ln = nn.LayerNorm(d)
-        self.token_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(num_token_buckets(config.token_bucket_size), heads) for _ in range(num_layers))
-        self.image_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(num_image_buckets(config.image_bucket_size), heads) for _ in range(num_layers))
-        # Recomputed from the published formulas (not persistent: cheap to rebuild, large to store).
-        self.register_buffer("token_rp_bucket", token_bucket_positions(
-            config.token_bucket_size, config.max_position_embeddings), persistent=False)
-        self.register_buffer("image_rp_bucket", image_bucket_positions(config.image_bucket_size), persistent=False)
 
-    def text_positions(self, start: int, end: int, device: torch.device) -> torch.Tensor:
-        """Layer-normed text position embeddings ``[1, end − start, d]``."""
-        return self.pos_ln(self.embed_positions(torch.arange(start, end, device=device))).unsqueeze(0)
+def _position_scaling(config: OFAConfig, num_heads: int) -> float:
+    """Scaling of the absolute-position bias, as the attention's: ``(head_dim·attn_scale_factor)^-0.5``."""
+    return float(config.d_model / num_heads * config.attn_scale_factor) ** -0.5
+
+
+@dataclass
+class _SelfAttentionBias:
+    """Self-attention bias of one forward, shared by the layers but for each layer's relative table:
+    absolute-position bias ``[1, H, Tq, Tk]``, bucket of every (query, key) pair ``[Tq, Tk]``, and the
+    blocked (causal / padding) pairs, bool broadcastable to ``[B, H, Tq, Tk]`` or None."""
+
+    position_bias: torch.Tensor
+    bucket_index: torch.Tensor
+    blocked: torch.Tensor | None
+
+    def for_layer(self, rel_table: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Absolute + relative bias (rows of ``rel_table`` [N, H]) in ``dtype``, ``finfo.min`` where blocked."""
+        bias = self.position_bias + _gather_bias(rel_table, self.bucket_index)
+        return _blocked(bias.to(dtype), self.blocked)
 
 
 # ---------------------------------------------------------------------------------------------- encoder
-class OFAEncoder(_PositionTables):
+class OFAEncoder(nn.Module):
     def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__()
-        d = config.d_model
+        d, heads, num_layers = config.d_model, config.encoder_attention_heads, config.encoder_layers
         self.config = config
         self.embed_tokens = embed_tokens
         self.embed_scale = d**0.5 if config.scale_embedding else 1.0
@@ -163,15 +164,34 @@ class OFAEncoder(_PositionTables):
         self.image_proj = nn.Linear(config.resnet_out_channels, d)
         self.patch_layernorm_embedding = nn.LayerNorm(d) if config.patch_layernorm_embedding else None
         self.layernorm_embedding = nn.LayerNorm(d) if config.layernorm_embedding else None
-        self._init_positions(config, config.encoder_layers, config.encoder_attention_heads)
+        self.num_heads = heads
+        self.pos_scaling = _position_scaling(config, heads)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, d)
+        self.embed_image_positions = nn.Embedding(config.image_bucket_size**2 + 1, d)
+        self.pos_ln = nn.LayerNorm(d)
+        self.image_pos_ln = nn.LayerNorm(d)
+        self.token_rel_pos_table_list = _relative_bias_tables(num_token_buckets(config.token_bucket_size), heads,
+                                                              num_layers)
+        self.image_rel_pos_table_list = _relative_bias_tables(num_image_buckets(config.image_bucket_size), heads,
+                                                              num_layers)
+        # Recomputed from the published formulas (not persistent: cheap to rebuild, large to store).
+        self.register_buffer("token_rp_bucket", token_bucket_positions(
+            config.token_bucket_size, config.max_position_embeddings), persistent=False)
+        self.register_buffer("image_rp_bucket", image_bucket_positions(config.image_bucket_size), persistent=False)
         self.pos_q_linear = nn.Linear(d, d)
         self.pos_k_linear = nn.Linear(d, d)
-        rates = linear_rates(config.encoder_drop_path_rate, config.encoder_layers)
+        rates = linear_rates(config.encoder_drop_path_rate, num_layers)
         self.layers = nn.ModuleList(OFAEncoderLayer(config, r) for r in rates)
         self.layer_norm = nn.LayerNorm(d) if config.encoder_normalize_before else None
 
     # -- input checks ------------------------------------------------------------------------------
     def _validate(self, input_ids, patch_images, patch_masks, attention_mask, inputs_embeds) -> tuple[int, int]:
+        bsz, t_txt = self._validate_text(input_ids, attention_mask, inputs_embeds)
+        if patch_images is not None:
+            self._validate_images(patch_images, patch_masks, bsz)
+        return bsz, t_txt
+
+    def _validate_text(self, input_ids, attention_mask, inputs_embeds) -> tuple[int, int]:
         cfg = self.config
         if inputs_embeds is not None:
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != cfg.d_model:
@@ -189,18 +209,19 @@ class OFAEncoder(_PositionTables):
             raise ValueError(f"text length {t_txt} exceeds max_position_embeddings={cfg.max_position_embeddings}")
         if attention_mask is not None and tuple(attention_mask.shape) != (bsz, t_txt):
             raise ValueError(f"attention_mask must be [B, T] = {(bsz, t_txt)}; got {tuple(attention_mask.shape)}")
-        if patch_images is not None:
-            if patch_images.dim() != 4 or patch_images.shape[0] != bsz or patch_images.shape[1] != 3:
-                raise ValueError(f"patch_images must be [B={bsz}, 3, S, S]; got {tuple(patch_images.shape)}")
-            grid = max(patch_grid_size(patch_images.shape[2]), patch_grid_size(patch_images.shape[3]))
-            if grid > cfg.image_bucket_size:
-                raise ValueError(
-                    f"patch_images of {patch_images.shape[2]}×{patch_images.shape[3]} pixels give a {grid}-patch grid "
-                    f"side, but image_bucket_size={cfg.image_bucket_size} allows at most {cfg.max_image_size} pixels "
-                    "per side")
-            if patch_masks is not None and patch_masks.numel() != bsz:
-                raise ValueError(f"patch_masks must be Bool[B={bsz}]; got {tuple(patch_masks.shape)}")
         return bsz, t_txt
+
+    def _validate_images(self, patch_images: torch.Tensor, patch_masks: torch.Tensor | None, bsz: int) -> None:
+        if patch_images.dim() != 4 or patch_images.shape[0] != bsz or patch_images.shape[1] != 3:
+            raise ValueError(f"patch_images must be [B={bsz}, 3, S, S]; got {tuple(patch_images.shape)}")
+        grid = max(patch_grid_size(patch_images.shape[2]), patch_grid_size(patch_images.shape[3]))
+        if grid > self.config.image_bucket_size:
+            raise ValueError(
+                f"patch_images of {patch_images.shape[2]}×{patch_images.shape[3]} pixels give a {grid}-patch grid "
+                f"side, but image_bucket_size={self.config.image_bucket_size} allows at most "
+                f"{self.config.max_image_size} pixels per side")
+        if patch_masks is not None and patch_masks.numel() != bsz:
+            raise ValueError(f"patch_masks must be Bool[B={bsz}]; got {tuple(patch_masks.shape)}")
 
     # -- embeddings --------------------------------------------------------------------------------
     def _type(self, x: torch.Tensor, kind: int) -> torch.Tensor:
@@ -231,7 +252,24 @@ class OFAEncoder(_PositionTables):
             x = self.patch_layernorm_embedding(x)
         return self.dropout(x), ids
 
-    # -- position biases ---------------------------------------------------------------------------
+    # -- padding and position biases ---------------------------------------------------------------
+    def _text_padding_mask(self, input_ids, attention_mask, bsz: int, t_txt: int, device) -> torch.Tensor:
+        """Bool [B, T] (True = padding): from ``attention_mask``, else from the pad id, else none."""
+        if attention_mask is not None:
+            return ~attention_mask.to(torch.bool)
+        if input_ids is not None:
+            return input_ids.eq(self.config.pad_token_id)
+        return torch.zeros(bsz, t_txt, dtype=torch.bool, device=device)
+
+    @staticmethod
+    def _image_padding_mask(patch_masks: torch.Tensor | None, bsz: int, n_patches: int, device) -> torch.Tensor:
+        """Bool [B, N]: all patches of a sample without an image (``patch_masks`` False) are padding, as in
+        OFA's fairseq code."""
+        pad = torch.zeros(bsz, n_patches, dtype=torch.bool, device=device)
+        if patch_masks is not None:
+            pad = pad | ~patch_masks.reshape(bsz, 1).to(torch.bool)
+        return pad
+
     def _bucket_index(self, image_ids: torch.Tensor | None, t_txt: int) -> torch.Tensor:
         """Index into [token table; image table; zero row] for every (query, key) pair, [T, T]."""
         n_tok = num_token_buckets(self.config.token_bucket_size)
@@ -244,9 +282,9 @@ class OFAEncoder(_PositionTables):
             idx[:n_img, :n_img] = self.image_rp_bucket[image_ids][:, image_ids] + n_tok
         return idx
 
-    def _layer_rel_bias(self, layer: int, idx: torch.Tensor) -> torch.Tensor:
-        table = _rel_table([self.token_rel_pos_table_list[layer], self.image_rel_pos_table_list[layer]], True)
-        return _gather_bias(table, idx)
+    def _rel_table(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s [token table; image table; zero row] (text–image pairs use the zero row)."""
+        return _rel_table([self.token_rel_pos_table_list[layer], self.image_rel_pos_table_list[layer]], True)
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(
@@ -257,63 +295,80 @@ class OFAEncoder(_PositionTables):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
     ) -> OFAEncoderOutput:
+        """Encode image patches (when given) followed by the text; see the module docstring for the layout."""
         bsz, t_txt = self._validate(input_ids, patch_images, patch_masks, attention_mask, inputs_embeds)
-        device = self.embed_positions.weight.device
-        raw_pos = self.embed_positions(torch.arange(t_txt, device=device)).unsqueeze(0)
-        x = self.embed_text(input_ids, inputs_embeds, raw_pos)
-        if attention_mask is not None:
-            pad = ~attention_mask.to(torch.bool)
-        elif input_ids is not None:
-            pad = input_ids.eq(self.config.pad_token_id)
-        else:
-            pad = torch.zeros(bsz, t_txt, dtype=torch.bool, device=x.device)
-        pos = self.pos_ln(raw_pos)
+        raw_positions = self.embed_positions(torch.arange(t_txt, device=self.embed_positions.weight.device))
+        raw_positions = raw_positions.unsqueeze(0)
+        hidden_states = self.embed_text(input_ids, inputs_embeds, raw_positions)
+        padding_mask = self._text_padding_mask(input_ids, attention_mask, bsz, t_txt, hidden_states.device)
+        positions = self.pos_ln(raw_positions)
         image_ids = None
         if patch_images is not None:
-            image_x, image_ids = self.embed_image(patch_images)
-            image_pad = torch.zeros(bsz, image_ids.numel(), dtype=torch.bool, device=x.device)
-            if patch_masks is not None:  # samples without an image: mask their patches (as OFA's fairseq code)
-                image_pad = image_pad | ~patch_masks.reshape(bsz, 1).to(torch.bool)
-            x = torch.cat([image_x, x], dim=1)
-            pad = torch.cat([image_pad, pad], dim=1)
-            pos = torch.cat([self.image_pos_ln(self.embed_image_positions(image_ids)).unsqueeze(0), pos], dim=1)
-        has_pad = bool(pad.any())
-        if has_pad:
-            x = x * (~pad).unsqueeze(-1).to(x.dtype)
-        abs_bias = absolute_position_bias(pos, pos, self.pos_q_linear, self.pos_k_linear, self.num_heads,
-                                          self.pos_scaling)
-        idx = self._bucket_index(image_ids, t_txt)
-        blocked = pad[:, None, None, :] if has_pad else None
+            image_states, image_ids = self.embed_image(patch_images)
+            image_padding = self._image_padding_mask(patch_masks, bsz, image_ids.numel(), hidden_states.device)
+            image_positions = self.image_pos_ln(self.embed_image_positions(image_ids)).unsqueeze(0)
+            hidden_states = torch.cat([image_states, hidden_states], dim=1)
+            padding_mask = torch.cat([image_padding, padding_mask], dim=1)
+            positions = torch.cat([image_positions, positions], dim=1)
+        blocked = None
+        if bool(padding_mask.any()):
+            hidden_states = hidden_states * (~padding_mask).unsqueeze(-1).to(hidden_states.dtype)
+            blocked = padding_mask[:, None, None, :]
+        bias = _SelfAttentionBias(self._position_bias(positions), self._bucket_index(image_ids, t_txt), blocked)
+        hidden_states = self._run_layers(hidden_states, bias)
+        return OFAEncoderOutput(hidden_states, padding_mask, positions)
+
+    def _position_bias(self, positions: torch.Tensor) -> torch.Tensor:
+        return absolute_position_bias(positions, positions, self.pos_q_linear, self.pos_k_linear, self.num_heads,
+                                      self.pos_scaling)
+
+    def _run_layers(self, hidden_states: torch.Tensor, bias: _SelfAttentionBias) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            bias = _blocked((abs_bias + self._layer_rel_bias(i, idx)).to(x.dtype), blocked)
-            x = layer(x, bias)
+            hidden_states = layer(hidden_states, bias.for_layer(self._rel_table(i), hidden_states.dtype))
         if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        return OFAEncoderOutput(x, pad, pos)
+            hidden_states = self.layer_norm(hidden_states)
+        return hidden_states
 
 
 # ---------------------------------------------------------------------------------------------- decoder
-class OFADecoder(_PositionTables):
+class OFADecoder(nn.Module):
     def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__()
-        d = config.d_model
+        d, heads, num_layers = config.d_model, config.decoder_attention_heads, config.decoder_layers
         self.config = config
         self.embed_tokens = embed_tokens
         self.embed_scale = d**0.5 if config.scale_embedding else 1.0
         self.dropout = nn.Dropout(config.dropout)
         self.layernorm_embedding = nn.LayerNorm(d) if config.layernorm_embedding else None
         self.code_layernorm_embedding = nn.LayerNorm(d) if config.code_layernorm_embedding else None
-        self._init_positions(config, config.decoder_layers, config.decoder_attention_heads)
+        self.num_heads = heads
+        self.pos_scaling = _position_scaling(config, heads)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, d)
+        # Image positions are used by OFA's image-code generation only; kept for checkpoint compatibility.
+        self.embed_image_positions = nn.Embedding(config.image_bucket_size**2 + 1, d)
+        self.pos_ln = nn.LayerNorm(d)
+        self.image_pos_ln = nn.LayerNorm(d)
+        self.token_rel_pos_table_list = _relative_bias_tables(num_token_buckets(config.token_bucket_size), heads,
+                                                              num_layers)
+        self.image_rel_pos_table_list = _relative_bias_tables(num_image_buckets(config.image_bucket_size), heads,
+                                                              num_layers)
+        self.register_buffer("token_rp_bucket", token_bucket_positions(
+            config.token_bucket_size, config.max_position_embeddings), persistent=False)
+        self.register_buffer("image_rp_bucket", image_bucket_positions(config.image_bucket_size), persistent=False)
         self.self_pos_q_linear = nn.Linear(d, d)
         self.self_pos_k_linear = nn.Linear(d, d)
         self.cross_pos_q_linear = nn.Linear(d, d)
         self.cross_pos_k_linear = nn.Linear(d, d)
-        rates = linear_rates(config.decoder_drop_path_rate, config.decoder_layers)
+        rates = linear_rates(config.decoder_drop_path_rate, num_layers)
         self.layers = nn.ModuleList(OFADecoderLayer(config, r) for r in rates)
         self.layer_norm = nn.LayerNorm(d) if config.decoder_normalize_before else None
         self.output_projection = nn.Linear(d, config.vocab_size, bias=False)
         if config.share_decoder_input_output_embed:
             self.output_projection.weight = embed_tokens.weight
+
+    def text_positions(self, start: int, end: int, device: torch.device) -> torch.Tensor:
+        """Layer-normed text position embeddings ``[1, end − start, d]``."""
+        return self.pos_ln(self.embed_positions(torch.arange(start, end, device=device))).unsqueeze(0)
 
     def forward(
         self,
@@ -324,58 +379,88 @@ class OFADecoder(_PositionTables):
     ) -> tuple[torch.Tensor, OFACache | None]:
         """Logits [B, Tn, V] for the new tokens ``input_ids`` [B, Tn], placed after the ``past.length``
         cached positions; returns the extended cache when ``use_cache``."""
+        start = self._check_inputs(input_ids, encoder_outputs, past)
+        end = start + input_ids.shape[1]
+        hidden_states = self._embed(input_ids, start, end)
+        positions = self.text_positions(0, end, input_ids.device)  # cached and new positions [1, end, d]
+        padding_mask = self._padding_mask(input_ids, past)  # [B, end]
+        self_bias = self._self_attention_bias(positions, start, padding_mask)
+        cross_key = past.cross_pos_key if past is not None else self._cross_position_key(encoder_outputs)
+        cross_bias = self._cross_attention_bias(positions[:, start:], cross_key, encoder_outputs.padding_mask,
+                                                hidden_states.dtype)
+        layer_pasts = past.layers if past is not None else (None,) * len(self.layers)
+        hidden_states, presents = self._run_layers(hidden_states, self_bias, encoder_outputs.last_hidden_state,
+                                                   cross_bias, layer_pasts)
+        logits = self.output_projection(hidden_states)
+        return logits, (OFACache(presents, padding_mask, cross_key) if use_cache else None)
+
+    # -- forward steps -----------------------------------------------------------------------------
+    def _check_inputs(self, input_ids: torch.Tensor, encoder_outputs: OFAEncoderOutput,
+                      past: OFACache | None) -> int:
+        """Validate; return the position of the first new token (the cache length)."""
         cfg = self.config
         _check_ids("decoder_input_ids", input_ids, cfg.vocab_size)
-        enc = encoder_outputs
-        bsz, t_new = input_ids.shape
-        if enc.last_hidden_state.shape[0] != bsz:
-            raise ValueError(f"decoder batch {bsz} != encoder batch {enc.last_hidden_state.shape[0]}")
+        bsz, enc_bsz = input_ids.shape[0], encoder_outputs.last_hidden_state.shape[0]
+        if enc_bsz != bsz:
+            raise ValueError(f"decoder batch {bsz} != encoder batch {enc_bsz}")
         start = 0 if past is None else past.length
-        total = start + t_new
-        if total > cfg.max_position_embeddings:
-            raise ValueError(f"decoder length {total} exceeds max_position_embeddings={cfg.max_position_embeddings}")
-        device = input_ids.device
+        if start + input_ids.shape[1] > cfg.max_position_embeddings:
+            raise ValueError(f"decoder length {start + input_ids.shape[1]} exceeds "
+                             f"max_position_embeddings={cfg.max_position_embeddings}")
+        return start
 
-        x = self.embed_scale * self.embed_tokens(input_ids)
-        pos_all = self.text_positions(0, total, device)  # [1, total, d]
-        pos_new = pos_all[:, start:]
-        if cfg.entangle_position_embedding:
-            x = x + self.embed_positions(torch.arange(start, total, device=device))
+    def _embed(self, input_ids: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        hidden_states = self.embed_scale * self.embed_tokens(input_ids)
+        if self.config.entangle_position_embedding:
+            hidden_states = hidden_states + self.embed_positions(torch.arange(start, end, device=input_ids.device))
         if self.layernorm_embedding is not None:
-            x = self.layernorm_embedding(x)
-        x = self.dropout(x)
+            hidden_states = self.layernorm_embedding(hidden_states)
+        return self.dropout(hidden_states)
 
-        # self-attention: abs + rel bias, causal and padding blocking
-        pad = input_ids.eq(cfg.pad_token_id)
-        pad_all = pad if past is None else torch.cat([past.padding_mask, pad], dim=1)
-        q_pos = torch.arange(start, total, device=device)
-        blocked = (torch.arange(total, device=device)[None, :] > q_pos[:, None])[None, None]
-        if bool(pad_all.any()):
-            blocked = blocked | pad_all[:, None, None, :]
-        self_abs = absolute_position_bias(pos_new, pos_all, self.self_pos_q_linear, self.self_pos_k_linear,
-                                          self.num_heads, self.pos_scaling)
-        idx = self.token_rp_bucket[start:total, :total]
+    def _padding_mask(self, input_ids: torch.Tensor, past: OFACache | None) -> torch.Tensor:
+        """Bool [B, cached + new] (True = padding)."""
+        pad = input_ids.eq(self.config.pad_token_id)
+        return pad if past is None else torch.cat([past.padding_mask, pad], dim=1)
 
-        # cross-attention: abs bias only, encoder padding blocked
-        cross_key = past.cross_pos_key if past is not None else split_heads_key(
-            enc.position_embedding, self.cross_pos_k_linear, self.num_heads)
-        cross_q = self.cross_pos_q_linear(pos_new).view(1, t_new, self.num_heads, -1).transpose(1, 2)
-        cross_bias = torch.matmul(cross_q * self.pos_scaling, cross_key.transpose(-1, -2))
-        enc_pad = enc.padding_mask
-        cross_bias = _blocked(cross_bias.to(x.dtype), enc_pad[:, None, None, :] if bool(enc_pad.any()) else None)
+    def _self_attention_bias(self, positions: torch.Tensor, start: int,
+                             padding_mask: torch.Tensor) -> _SelfAttentionBias:
+        """New queries (from ``start``) against all keys: absolute + text relative bias; keys after the
+        query and padding keys are blocked."""
+        end = positions.shape[1]
+        device = positions.device
+        query_pos = torch.arange(start, end, device=device)
+        blocked = (torch.arange(end, device=device)[None, :] > query_pos[:, None])[None, None]
+        if bool(padding_mask.any()):
+            blocked = blocked | padding_mask[:, None, None, :]
+        position_bias = absolute_position_bias(positions[:, start:], positions, self.self_pos_q_linear,
+                                               self.self_pos_k_linear, self.num_heads, self.pos_scaling)
+        return _SelfAttentionBias(position_bias, self.token_rp_bucket[start:end, :end], blocked)
 
+    def _cross_position_key(self, encoder_outputs: OFAEncoderOutput) -> torch.Tensor:
+        """Projected encoder positions ``[1 or B, H, Ts, head_dim]``; cached across decoding steps."""
+        return split_heads_key(encoder_outputs.position_embedding, self.cross_pos_k_linear, self.num_heads)
+
+    def _cross_attention_bias(self, query_positions: torch.Tensor, cross_key: torch.Tensor,
+                              encoder_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Absolute-position bias only (no relative bias), encoder padding blocked."""
+        t_new = query_positions.shape[1]
+        query = self.cross_pos_q_linear(query_positions).view(1, t_new, self.num_heads, -1).transpose(1, 2)
+        bias = torch.matmul(query * self.pos_scaling, cross_key.transpose(-1, -2))
+        blocked = encoder_padding_mask[:, None, None, :] if bool(encoder_padding_mask.any()) else None
+        return _blocked(bias.to(dtype), blocked)
+
+    def _run_layers(self, hidden_states: torch.Tensor, self_bias: _SelfAttentionBias,
+                    encoder_hidden_states: torch.Tensor, cross_bias: torch.Tensor,
+                    layer_pasts: tuple) -> tuple[torch.Tensor, tuple[tuple[torch.Tensor, ...], ...]]:
+        """All layers, then the final LayerNorm; returns the hidden states and every layer's cache."""
         presents = []
-        for i, layer in enumerate(self.layers):
-            rel = _gather_bias(self.token_rel_pos_table_list[i].weight, idx)
-            self_bias = _blocked((self_abs + rel).to(x.dtype), blocked)
-            layer_past = past.layers[i] if past is not None else None
-            x, present = layer(x, self_bias, enc.last_hidden_state, cross_bias, layer_past)
+        for i, (layer, layer_past) in enumerate(zip(self.layers, layer_pasts, strict=True)):
+            layer_bias = self_bias.for_layer(self.token_rel_pos_table_list[i].weight, hidden_states.dtype)
+            hidden_states, present = layer(hidden_states, layer_bias, encoder_hidden_states, cross_bias, layer_past)
             presents.append(present)
         if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        logits = self.output_projection(x)
-        cache = OFACache(tuple(presents), pad_all, cross_key) if use_cache else None
-        return logits, cache
+            hidden_states = self.layer_norm(hidden_states)
+        return hidden_states, tuple(presents)
 
 
 # ---------------------------------------------------------------------------------------------- model
