@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from mmprompt.atomic import atomic_write
 from mmprompt.models.ofa import OFAConfig, OFAModel, from_pretrained
 from mmprompt.models.ofa.testing import one_thread
-from mmprompt.tuning.injection import attach, detach
+from mmprompt.core.injection import attach, detach
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "ofa_numerics.safetensors"
