@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mmprompt.atomic import atomic_write
+from mmprompt.core.atomic import atomic_write
 from mmprompt.models.ofa import OFAConfig, OFAModel, from_pretrained
 from mmprompt.models.ofa.testing import one_thread
 from mmprompt.core.injection import attach, detach
