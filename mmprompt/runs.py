@@ -1,6 +1,6 @@
-"""Entry point kept for ``python -m mmprompt.runs``; the code lives in :mod:`mmprompt.workbook.runs`."""
+"""Entry point kept for ``python -m mmprompt.runs``; the code lives in :mod:`mmprompt.workbook.runs_cli`."""
 
-from mmprompt.workbook.runs import main
+from mmprompt.workbook.runs_cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,13 +14,13 @@ from mmprompt.models.florence2 import (
     build_tiny_florence2,
     dequantize_box,
     ensure_tiny_florence2,
-    florence2_backbone,
     load_florence2,
     loc_tokens_to_box,
     model_inputs,
     quantize_box,
     save_tiny_florence2,
 )
+from mmprompt.experiment.florence2 import florence2_backbone
 from mmprompt.tuning.testing import single_thread
 
 SPLITS = {"refcoco": "val", "caption": "val", "vqa": "val", "snli_ve": "dev"}

@@ -6,7 +6,10 @@ import torch
 
 from mmprompt.data.synth import split_path
 from mmprompt.eval.evaluation import MAIN_METRIC, EvalResult
-from mmprompt.models.florence2 import florence2_backbone, save_tiny_florence2
+from mmprompt.models.florence2 import (
+    save_tiny_florence2,
+)
+from mmprompt.experiment.florence2 import florence2_backbone
 from mmprompt.training import TrainConfig, train
 from mmprompt.tuning import PrefixConfig, apply_prefix, fold, load_prompt, prefix_module, save_prompt
 from mmprompt.tuning.testing import single_thread

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mmprompt.workbook import runs
+from mmprompt.workbook import runs_cli
 from mmprompt.models.florence2 import ensure_tiny_florence2
 
 from test_notebooks import DEPTH_NB
@@ -15,9 +15,9 @@ from test_notebooks import DEPTH_NB
 def test_tiny_florence2_runs_the_depth_notebook(tmp_path):
     model_dir = ensure_tiny_florence2(tmp_path / "tiny-florence2")  # saved with save_pretrained, reloaded
     out = tmp_path / "out"
-    assert runs.main(["run", str(DEPTH_NB), "-p", "model_dir", str(model_dir), "-p", "depth", "1",
+    assert runs_cli.main(["run", str(DEPTH_NB), "-p", "model_dir", str(model_dir), "-p", "depth", "1",
                       "--out", str(out)]) == 0
-    (run_dir,) = [p for p in (out / "04_prompt_depth").iterdir() if not p.name.endswith(".failed")]
+    (run_dir,) = [p for p in (out / "04_prompt_depth").iterdir() if p.name != "_failed"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     layers = json.loads((model_dir / "config.json").read_text())["text_config"]
     d_model = layers["d_model"]

@@ -8,10 +8,10 @@ from mmprompt.bench.peers import AttentionProbe
 from mmprompt.models.florence2 import (
     TinyFlorence2Spec,
     enable_checkpointing,
-    florence2_backbone,
     model_inputs,
     save_tiny_florence2,
 )
+from mmprompt.experiment.florence2 import florence2_backbone
 from mmprompt.tuning import (
     PrefixConfig,
     apply_prefix,

@@ -6,7 +6,8 @@ import torch
 from mmprompt import load_model, tune
 from mmprompt.experiment.tune import model_size
 from mmprompt.models.ofa import OFAModel
-from mmprompt.experiment.profiles import GPU_TASK_DEFAULTS, PROFILES, TASKS, get_profile, gpu_recipe, resolve_profile
+from mmprompt.data.tasks import TASKS
+from mmprompt.experiment.profiles import GPU_TASK_DEFAULTS, PROFILES, get_profile, gpu_recipe, resolve_profile
 
 
 def test_the_papers_prompt_tuning_recipe():

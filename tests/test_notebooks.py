@@ -15,7 +15,7 @@ import nbformat
 import pytest
 
 from mmprompt.workbook import notebook_tools as nt
-from mmprompt.workbook import runs
+from mmprompt.workbook import params, runs, runs_cli
 from mmprompt.workbook import api as wb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,9 +28,9 @@ EXPECTED = [
 DEPTH_NB = NOTEBOOKS / "04_prompt_depth.ipynb"
 #: Rules a notebook passes to ``wb.validate`` on top of the workbook's.
 RULE_OVERRIDES = {
-    "00_pretraining": {"backbone": runs.one_of("ofa-nano", "ofa-nano-small")},
-    "02_tasks": {"task": wb.optional(runs.one_of(*runs.TASKS))},  # None: all four tasks
-    "03_prompt_length": {"length": wb.optional(runs.int_range(1))},  # None: the profile's grid
+    "00_pretraining": {"backbone": params.one_of("ofa-nano", "ofa-nano-small")},
+    "02_tasks": {"task": wb.optional(params.one_of(*params.TASKS))},  # None: all four tasks
+    "03_prompt_length": {"length": wb.optional(params.int_range(1))},  # None: the profile's grid
 }
 
 
@@ -79,7 +79,7 @@ def test_notebook_layout(stem):
 
 @pytest.mark.parametrize("stem", EXPECTED)
 def test_parameters_cell_defaults(stem):
-    defaults = runs.notebook_parameters(NOTEBOOKS / f"{stem}.ipynb")
+    defaults = params.notebook_parameters(NOTEBOOKS / f"{stem}.ipynb")
     assert defaults["profile"] == "ci" and defaults["seed"] == 0 and defaults["run_dir"] is None
     assert defaults["backbone"] == "ofa-nano" and defaults["model_dir"] is None and defaults["data_dir"] is None
     if stem not in ("00_pretraining", "10_paper_reproduction"):
@@ -132,7 +132,7 @@ def _run(tmp_path: Path, depth) -> runs.RunResult:
 def test_depth_6_runs_through_the_runner_cli(tmp_path):
     """`python -m mmprompt.runs run notebooks/04_prompt_depth.ipynb -p depth 6` (papermill underneath)."""
     out = tmp_path / "out"
-    assert runs.main(["run", str(DEPTH_NB), "-p", "depth", "6", "--out", str(out)]) == 0
+    assert runs_cli.main(["run", str(DEPTH_NB), "-p", "depth", "6", "--out", str(out)]) == 0
     run_dir = out / "04_prompt_depth" / "depth-6"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["depth"] == 6 and metrics["profile"] == "ci" and metrics["task"] == "refcoco"
@@ -141,7 +141,7 @@ def test_depth_6_runs_through_the_runner_cli(tmp_path):
                                                  "bottom6", "top6"}
     assert metrics["heldout_loss"]["encoder+decoder"] != metrics["heldout_loss"]["zero-shot"]  # ci: changed
     assert json.loads((run_dir / "run.json").read_text())["status"] == "ok"
-    assert not (out / "04_prompt_depth" / "depth-6.failed").exists()
+    assert not (out / "04_prompt_depth" / "_failed" / "depth-6").exists()
 
 
 @pytest.mark.parametrize(("depth", "allowed", "cell_marker"), [
@@ -156,6 +156,6 @@ def test_bad_depth_fails_before_any_training_and_leaves_no_good_run(tmp_path, de
     failing_source = error.split("--- cell source ---", 1)[1].split("--- traceback ---", 1)[0]
     assert cell_marker in failing_source and "tune(" not in failing_source
     nb_dir = tmp_path / "out" / "04_prompt_depth"
-    assert result.path == nb_dir / f"depth-{depth}.failed"
+    assert result.path == nb_dir / "_failed" / f"depth-{depth}"
     assert not (nb_dir / f"depth-{depth}").exists()
     assert not (result.path / "metrics.json").exists()

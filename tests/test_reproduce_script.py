@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmprompt.workbook import runs
+from mmprompt.workbook import runs, runs_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "reproduce_paper.sh"
@@ -52,8 +52,8 @@ def test_dry_run_prints_one_valid_runner_command_per_table_cell_group(dirs, tmp_
     for line in commands:
         argv = shlex.split(line)
         assert argv[:4] == ["python", "-m", "mmprompt.runs", "sweep"] and argv[-1] == "--force"
-        args = runs._build_parser().parse_args(argv[3:])
-        grid = runs._grid_from_args(args)
+        args = runs_cli._build_parser().parse_args(argv[3:])
+        grid = runs_cli._grid_from_args(args)
         assert grid["profile"] == ["gpu"] and args.out == tmp_path / "out"
         assert len(args.notebook) == 1, line  # one notebook per printed command
         notebook = REPO / args.notebook[0]

@@ -1,5 +1,6 @@
 """mmprompt.workbook.runs: parameters, run ids, metrics files, papermill execution, sweeps and reports."""
 
+import importlib.metadata
 import json
 import math
 import sys
@@ -12,8 +13,10 @@ import torch
 
 from mmprompt.core import atomic
 
-from mmprompt.workbook import runs
-from mmprompt.workbook.runs import RunConfig, int_range, run_id_for, save_metrics, validate_params
+from mmprompt.workbook import params, runs, runs_cli
+from mmprompt.workbook.params import int_range, run_id_for, validate_params
+from mmprompt.workbook.records import save_metrics
+from mmprompt.workbook.runs import RunConfig
 from mmprompt.workbook.report import collect_runs, format_cell, markdown_table, write_report
 
 
@@ -29,7 +32,7 @@ def make_notebook(path: Path, body: str, params: str = "x = 1\nprofile = 'ci'\nr
 
 
 GOOD_BODY = """import sys, pathlib
-from mmprompt.workbook.runs import save_metrics
+from mmprompt.workbook.records import save_metrics
 if run_dir:
     pathlib.Path(run_dir, "exe.txt").write_text(sys.executable)
 save_metrics({"acc": x / 4, "n": 4}, run_dir)
@@ -39,7 +42,7 @@ save_metrics({"acc": x / 4, "n": 4}, run_dir)
 
 
 def test_parse_value_like_papermill():
-    assert [runs.parse_value(v) for v in ("True", "False", "None", "3", "0.5", "1e-3", "cpu")] == [
+    assert [params.parse_value(v) for v in ("True", "False", "None", "3", "0.5", "1e-3", "cpu")] == [
         True, False, None, 3, 0.5, 0.001, "cpu"]
 
 
@@ -105,7 +108,7 @@ def test_save_metrics_converts_scalars_and_is_silent_without_run_dir(tmp_path):
 
 def test_notebook_parameters_reads_the_parameters_cell(tmp_path):
     nb = make_notebook(tmp_path / "nb.ipynb", "pass", params="x = 1\nname: str = 'a'\ny = x * 2\nrun_dir = None")
-    assert runs.notebook_parameters(nb) == {"x": 1, "name": "a", "y": "x * 2", "run_dir": None}
+    assert params.notebook_parameters(nb) == {"x": 1, "name": "a", "y": "x * 2", "run_dir": None}
 
 
 def test_bad_requests_fail_before_any_work(tmp_path):
@@ -127,9 +130,9 @@ def test_bad_requests_fail_before_any_work(tmp_path):
 def test_cli_argument_errors_exit_2(tmp_path):
     nb = make_notebook(tmp_path / "nb.ipynb", GOOD_BODY)
     out = ["--out", str(tmp_path / "out")]
-    assert runs.main(["run", str(nb), "-p", "x", "1", "2", *out]) == 2
-    assert runs.main(["sweep", str(nb), "-p", "x", "1", "-p", "x", "2", *out]) == 2
-    assert runs.main(["run", str(nb), "-p", "profile", "cpu", "--profile", "cpu", *out]) == 2
+    assert runs_cli.main(["run", str(nb), "-p", "x", "1", "2", *out]) == 2
+    assert runs_cli.main(["sweep", str(nb), "-p", "x", "1", "-p", "x", "2", *out]) == 2
+    assert runs_cli.main(["run", str(nb), "-p", "profile", "cpu", "--profile", "cpu", *out]) == 2
     assert not (tmp_path / "out").exists()
 
 
@@ -137,8 +140,8 @@ def test_several_notebooks_are_all_validated_before_any_runs(tmp_path):
     good = make_notebook(tmp_path / "a.ipynb", GOOD_BODY)
     other = make_notebook(tmp_path / "b.ipynb", GOOD_BODY, params="profile = 'ci'\nrun_dir = None")  # no x
     out = tmp_path / "out"
-    assert runs.main(["run", str(good), str(other), "-p", "x", "2", "--out", str(out)]) == 2
-    assert runs.main(["run", str(good), str(tmp_path / "missing.ipynb"), "--out", str(out)]) == 2
+    assert runs_cli.main(["run", str(good), str(other), "-p", "x", "2", "--out", str(out)]) == 2
+    assert runs_cli.main(["run", str(good), str(tmp_path / "missing.ipynb"), "--out", str(out)]) == 2
     assert not out.exists()  # the good notebook, listed first, did not run either
 
 
@@ -151,7 +154,7 @@ def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     nb = make_notebook(root / "nbs" / "tiny.ipynb", GOOD_BODY)
     out = root / "papermill_runs"
-    code = runs.main(["sweep", str(nb), "-p", "x", "1", "2", "--profile", "cpu", "--out", str(out)])
+    code = runs_cli.main(["sweep", str(nb), "-p", "x", "1", "2", "--profile", "cpu", "--out", str(out)])
     return {"code": code, "nb": nb, "out": out, "root": root}
 
 
@@ -163,7 +166,8 @@ def test_sweep_writes_one_directory_per_grid_point(swept):
     assert json.loads((run / "metrics.json").read_text()) == {"acc": 0.5, "n": 4}
     assert json.loads((run / "parameters.json").read_text()) == {"profile": "cpu", "x": 2}
     env = json.loads((run / "environment.json").read_text())
-    assert env["packages"]["torch"] == torch.__version__ and env["python"] == sys.version.split()[0]
+    assert env["packages"]["torch"] == importlib.metadata.version("torch") and env["torch_build"] == torch.__version__
+    assert env["python"] == sys.version.split()[0]
     assert json.loads((run / "run.json").read_text())["status"] == "ok"
     # the kernel ran this interpreter (the venv), not some other python
     assert Path((run / "exe.txt").read_text()).resolve() == Path(sys.executable).resolve()
@@ -187,10 +191,10 @@ def test_failing_run_never_overwrites_a_good_run(swept):
     snapshot = {p.name: p.read_bytes() for p in good.iterdir()}
     # same stem, same parameters -> same run id; this version raises in its last cell
     bad_nb = make_notebook(swept["root"] / "broken" / "tiny.ipynb", "y = 2\nraise RuntimeError(f'boom {x}')")
-    code = runs.main(["run", str(bad_nb), "-p", "x", "1", "--profile", "cpu", "--force", "--out", str(swept["out"])])
+    code = runs_cli.main(["run", str(bad_nb), "-p", "x", "1", "--profile", "cpu", "--force", "--out", str(swept["out"])])
     assert code == 1
     assert {p.name: p.read_bytes() for p in good.iterdir()} == snapshot
-    failed = swept["out"] / "tiny" / "profile-cpu_x-1.failed"
+    failed = swept["out"] / "tiny" / "_failed" / "profile-cpu_x-1"
     error = (failed / "error.txt").read_text()
     assert "RuntimeError: boom 1" in error and "raise RuntimeError(f'boom {x}')" in error
     assert "failing cell: index 3" in error  # title, parameters, injected parameters, then the failing cell
@@ -209,7 +213,7 @@ def test_failing_run_never_overwrites_a_good_run(swept):
 
 def test_report_tables_the_metrics_of_real_runs(swept):
     out = swept["root"] / "REPORT.md"
-    assert runs.main(["report", "--root", str(swept["out"]), "--out", str(out)]) == 0
+    assert runs_cli.main(["report", "--root", str(swept["out"]), "--out", str(out)]) == 0
     text = out.read_text()
     assert "## tiny" in text
     assert "| `profile-cpu_x-1` | cpu | 1 | 0.2500 | 4 |" in text
@@ -223,8 +227,7 @@ def test_report_tables_the_metrics_of_real_runs(swept):
 
 
 def _fake_run(root: Path, nb: str, params: dict, metrics: dict | None, failed: bool = False) -> Path:
-    rid = run_id_for(params) + (".failed" if failed else "")
-    d = root / nb / rid
+    d = root / nb / ("_failed" if failed else "") / run_id_for(params)
     d.mkdir(parents=True)
     (d / "run.json").write_text(json.dumps({"run_id": run_id_for(params), "status": "failed" if failed else "ok"}))
     (d / "parameters.json").write_text(json.dumps(params))
@@ -275,11 +278,11 @@ def test_run_executes_several_notebooks_in_order(tmp_path):
     first = make_notebook(tmp_path / "first.ipynb", GOOD_BODY)
     second = make_notebook(tmp_path / "second.ipynb", GOOD_BODY)
     out = tmp_path / "out"
-    assert runs.main(["run", str(first), str(second), "--profile", "cpu", "--out", str(out)]) == 0
+    assert runs_cli.main(["run", str(first), str(second), "--profile", "cpu", "--out", str(out)]) == 0
     for stem in ("first", "second"):
         assert json.loads((out / stem / "profile-cpu" / "metrics.json").read_text())["acc"] == 0.25
         assert (out / stem / "profile-cpu").stat().st_mode & 0o777 == atomic.default_mode(directory=True)
-    assert runs.main(["run", str(first), str(second), "--profile", "cpu", "--out", str(out)]) == 0  # both skipped
+    assert runs_cli.main(["run", str(first), str(second), "--profile", "cpu", "--out", str(out)]) == 0  # both skipped
 
 
 def test_wide_tables_are_transposed_and_repeated_parameters_dropped():
@@ -293,3 +296,58 @@ def test_wide_tables_are_transposed_and_repeated_parameters_dropped():
     assert len(lines) == 2 + 2 + 12  # profile and x, then the 12 metrics; the metric copy of profile is gone
     narrow = markdown_table(runs_, max_columns=20).splitlines()
     assert narrow[0].startswith("| run | profile | x | m0 |") and len(narrow) == 4
+
+
+# ------------------------------------------------------------------ interruption and crashes
+
+
+def test_run_ids_can_never_name_the_failure_folder():
+    """Failure records live in ``_failed/``: every run id is ``default`` or holds ``name-value`` pairs."""
+    for params in ({}, {"_failed": 1}, {"x": "_failed"}, {"failed": ""}, {"a": "/"}, {"_": "-"}):
+        rid = run_id_for(params)
+        assert rid != "_failed" and (rid == "default" or "-" in rid), rid
+
+
+SLEEP_BODY = """import pathlib, time
+pathlib.Path(run_dir, "started").write_text("1")
+time.sleep(120)
+"""
+
+
+def test_sigterm_keeps_a_failure_record_and_removes_the_temp_directory(tmp_path, swept):
+    """SIGTERM on ``python -m mmprompt.runs run`` behaves like Ctrl-C: exit 130, an ``interrupted`` record
+    under ``_failed/``, no hidden temporary directory, and the earlier good runs untouched."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "papermill_runs"
+    shutil.copytree(swept["out"], out)
+    good = out / "tiny" / "profile-cpu_x-1"
+    before = (good / "metrics.json").read_bytes()
+    nb = make_notebook(tmp_path / "tiny.ipynb", SLEEP_BODY)
+    proc = subprocess.Popen([sys.executable, "-m", "mmprompt.runs", "run", str(nb), "-p", "x", "3", "--profile", "cpu",
+                             "--out", str(out)], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    deadline = time.time() + 120
+    while not list((out / "tiny").glob(".*.tmp-*/started")):
+        assert proc.poll() is None and time.time() < deadline, "the notebook never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    record = json.loads((out / "tiny" / "_failed" / "profile-cpu_x-3" / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    assert not [p for p in (out / "tiny").iterdir() if p.name.startswith(".")]
+    assert (good / "metrics.json").read_bytes() == before
+    assert {r.run_id: r.status for r in collect_runs(out)["tiny"]}["profile-cpu_x-3"] == "failed"
+
+
+def test_the_next_run_removes_temp_directories_of_runners_that_died(tmp_path):
+    nb = make_notebook(tmp_path / "tiny.ipynb", GOOD_BODY)
+    out = tmp_path / "out"
+    dead = out / "tiny" / ".profile-cpu_x-1.tmp-999999999-abc"
+    dead.mkdir(parents=True)
+    assert runs_cli.main(["run", str(nb), "-p", "x", "1", "--profile", "cpu", "--out", str(out)]) == 0
+    assert not dead.exists() and (out / "tiny" / "profile-cpu_x-1" / "metrics.json").is_file()

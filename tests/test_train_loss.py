@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from mmprompt.training import (EMA, TrainConfig, batch_weight, build_scheduler, epoch_batches,
                                lr_at, micro_batches_per_epoch, reduce_metrics, seq2seq_loss)
 from mmprompt.training import checkpoint as ck
+from mmprompt.core.atomic import atomic_dir
 
 
 def _lp(row: list[float]) -> list[float]:
@@ -214,7 +215,7 @@ def test_save_tensors_round_trip_keeps_tied_weights_once(tmp_path: Path) -> None
 def test_atomic_dir_failure_keeps_the_old_directory(tmp_path: Path) -> None:
     ck.write_checkpoint(tmp_path / "last", weights={"w": torch.ones(2)}, meta={"step": 1})
     with pytest.raises(RuntimeError, match="disk full"):
-        with ck.atomic_dir(tmp_path / "last") as tmp:
+        with atomic_dir(tmp_path / "last") as tmp:
             (tmp / "weights.safetensors").write_bytes(b"partial")
             raise RuntimeError("disk full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]

@@ -9,7 +9,7 @@ import pytest
 
 from mmprompt.workbook import reproduction as rp
 from mmprompt.workbook import api as wb
-from mmprompt.workbook.runs import int_range
+from mmprompt.workbook.params import int_range
 
 
 # ------------------------------------------------------------------------------------------ rules

@@ -43,7 +43,7 @@ import torch.nn as nn
 
 from mmprompt.bench.common import call, interleaved, measure_peak, setup_process, timed
 from mmprompt.core.atomic import write_json
-from mmprompt.models.florence2.backbone import enable_checkpointing
+from mmprompt.models.florence2.model import enable_checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +139,9 @@ class AttentionProbe:
     def reached(self) -> dict[str, list[int]]:
         """Layers of each site kind that received prefix columns in at least one call."""
         out: dict[str, set[int]] = {kind: set() for kind in KINDS}
-        for call in self.calls:
-            if call.extra > 0:
-                out[call.kind].add(call.layer)
+        for record in self.calls:
+            if record.extra > 0:
+                out[record.kind].add(record.layer)
         return {kind: sorted(layers) for kind, layers in out.items()}
 
     def decoding_calls(self) -> tuple[int, int]:

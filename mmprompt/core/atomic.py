@@ -1,13 +1,23 @@
-"""Atomic file writes: the new content goes to a temporary file in the target's directory, is flushed
-to disk, and is renamed over the target, so a crash leaves the old file or the new one, never a mixture.
-Every file mmprompt writes (JSON records, metrics, weights, TSVs) goes through :func:`atomic_write`."""
+"""Atomic writes, the only ones in mmprompt.
+
+Files: the new content goes to a temporary file in the target's directory, is flushed to disk, and is
+renamed over the target, so a crash leaves the old file or the new one, never a mixture
+(:func:`atomic_write` and its wrappers). Directories (checkpoints, tokenizers, generated data, finished
+notebook runs): :func:`atomic_dir` fills a hidden temporary sibling and swaps it in whole with
+:func:`replace_dir`, under a lock on the parent so concurrent writers of the same target leave one complete
+directory and no debris. Everything written gets the permissions a plain ``open``/``mkdir`` would under the
+current umask (``mkstemp``/``mkdtemp`` alone would leave 0600/0700).
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +71,77 @@ def write_figure(path: str | os.PathLike, fig: Any, **savefig_kwargs) -> Path:
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
     """Replace ``path`` atomically with one JSON object per line."""
     return write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``directory`` (held by this process until the block ends)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def temp_dir_for(final: str | os.PathLike) -> Path:
+    """A new, empty hidden directory beside ``final`` (``.<name>.tmp-<pid>-…``), with umask permissions."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    os.chmod(tmp, default_mode(directory=True))
+    return tmp
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike, *, replace: bool = True) -> bool:
+    """Move the finished directory ``src`` to ``dst`` in one step. An existing ``dst`` is swapped out and
+    deleted only after ``src`` is in place (``replace=False`` keeps it and discards ``src``; returns False)."""
+    src, dst = Path(src), Path(dst)
+    with _locked(dst.parent):
+        if not dst.exists():
+            os.rename(src, dst)
+            return True
+        if not replace:
+            shutil.rmtree(src, ignore_errors=True)
+            return False
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.rename(dst, old)
+        os.rename(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty temporary directory; when the block succeeds, its files are flushed to disk and it
+    replaces ``final`` (see :func:`replace_dir`); when it fails, it vanishes and ``final`` is untouched."""
+    tmp = temp_dir_for(final)
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            os.chmod(f, default_mode(directory=f.is_dir()))
+            if f.is_file():
+                fsync_file(f)
+        replace_dir(tmp, final, replace=replace)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stale_temp_dirs(parent: str | os.PathLike) -> list[Path]:
+    """Temporary directories under ``parent`` left by writers that died (their process is gone)."""
+    out = []
+    for p in Path(parent).glob(".*.tmp-*"):
+        pid = p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if p.is_dir() and (not pid.isdigit() or not _alive(int(pid))):
+            out.append(p)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -26,8 +26,10 @@ from mmprompt.data.preprocess import IMAGE_MEAN, IMAGE_STD, denormalize, preproc
 from mmprompt.data.tasks import (
     CAPTION_INSTRUCTION,
     DEFAULT_PROMPT_TYPE,
-    DOWNSTREAM_TASKS,
     PROMPT_TYPES,
+    TASK_SPECS,
+    TASKS,
+    TaskSpec,
     REFCOCO_INSTRUCTION,
     VE_ANSWERS,
     VE_INSTRUCTION,
@@ -68,7 +70,6 @@ from mmprompt.data.tokenizer import (
 )
 from mmprompt.data.tsv import (
     LAYOUTS,
-    TASKS,
     TSVFormatError,
     TSVReader,
     count_rows,
@@ -133,7 +134,9 @@ __all__ = [
     "DEFAULT_PROMPT_TYPE",
     "denormalize",
     "dequantize",
-    "DOWNSTREAM_TASKS",
+    "TASK_SPECS",
+    "TASKS",
+    "TaskSpec",
     "encode_image",
     "encode_pair",
     "encode_text",
@@ -178,7 +181,6 @@ __all__ = [
     "split_path",
     "SPLITS",
     "TaskDataset",
-    "TASKS",
     "tokens_to_box",
     "train_nano_tokenizer",
     "Trie",

@@ -39,7 +39,7 @@ from mmprompt.data.preprocess import check_patch_image_size, preprocess_image
 from mmprompt.data.tasks import (
     BOX_PLACEHOLDER_RE,
     DEFAULT_PROMPT_TYPE,
-    DOWNSTREAM_TASKS,
+    TASKS,
     MAX_SRC_WORDS,
     MAX_TGT_WORDS,
     PROMPT_TYPES,
@@ -163,8 +163,8 @@ class TaskDataset(_IndexedTSV):
         validate: bool = True,
     ):
         check_task(task)
-        if task not in DOWNSTREAM_TASKS:
-            raise ValueError(f"task={task!r}: TaskDataset takes {DOWNSTREAM_TASKS}; use PretrainDataset for 'pretrain'")
+        if task not in TASKS:
+            raise ValueError(f"task={task!r}: TaskDataset takes {TASKS}; use PretrainDataset for 'pretrain'")
         self.task = task
         self.tokenizer = tokenizer
         self.patch_image_size = check_patch_image_size(patch_image_size)

@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmprompt.core.atomic import default_mode, write_json
+from mmprompt.core.atomic import replace_dir, temp_dir_for, write_json
 from mmprompt.data import tasks as T
 from mmprompt.data.texts import (
     COUNT_ANSWERS,
@@ -382,7 +381,7 @@ def tokenizer_corpus(seed: int = 0, n_scenes: int = 300, image_size: int = DEFAU
     for row in task_rows("pretrain", "tok", 3 * n_scenes, seed, image_size, ws, render=False):
         src, tgt = T.pretrain_source_target(row[2], row[3], row[4], None, 2)
         texts += [strip(src), " " + strip(tgt)]
-    for task in ("refcoco", "snli_ve", "caption", "vqa"):
+    for task in T.TASKS:
         for row in task_rows(task, "tok", n_scenes, seed, image_size, ws, render=False):
             if task == "refcoco":
                 texts.append(T.refcoco_source(row[2]))
@@ -437,28 +436,6 @@ def _write_all(tmp: Path, prof: Profile, seed: int, image_size: int, ws: WorldSe
     return files
 
 
-def _publish(tmp: Path, out: Path, replace: bool) -> bool:
-    """Move a finished directory into place. Returns False when ``out`` appeared meanwhile and ``replace``
-    is off (another process won the race; ``tmp`` is discarded)."""
-    if out.exists():
-        if not replace:
-            shutil.rmtree(tmp, ignore_errors=True)
-            return False
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-        return True
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        if not (out / MANIFEST).is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-        return False
-    return True
-
-
 def generate(
     out_dir: str | os.PathLike,
     profile: str = "ci",
@@ -478,9 +455,7 @@ def generate(
     prof = _check_args(profile, seed, image_size, max_per_split)
     ws = settings or WorldSettings()
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, default_mode(directory=True))
+    tmp = temp_dir_for(out)
     t0 = time.perf_counter()
     try:
         files = _write_all(tmp, prof, seed, image_size, ws, max_per_split, progress)
@@ -497,7 +472,7 @@ def generate(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    published = _publish(tmp, out, replace=overwrite)
+    published = replace_dir(tmp, out, replace=overwrite)
     logger.info(
         "synthetic %s (seed %d, %dpx): %s in %.1f s%s",
         profile, seed, image_size, out, time.perf_counter() - t0, "" if published else " (kept the existing copy)",

@@ -38,7 +38,32 @@ LISTING_INSTRUCTION = " what are the objects in the image?"
 INFILL_INSTRUCTION = ' what is the complete text of " {} "?'
 VQA_OBJECT_SUFFIX = " object: {}"
 
-DOWNSTREAM_TASKS: tuple[str, ...] = ("refcoco", "snli_ve", "caption", "vqa")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A downstream task: its validation and test splits (as in the paper's tables) and headline metric.
+    How each task is formatted (:mod:`mmprompt.data.collate`) and scored (:mod:`mmprompt.eval`) is keyed
+    by ``name``; a test checks those tables cover exactly :data:`TASKS`."""
+
+    name: str
+    val_split: str
+    test_splits: tuple[str, ...]
+    metric: str
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return (self.val_split, *self.test_splits)
+
+
+#: The task registry: the one place the downstream tasks are listed.
+TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (
+    TaskSpec("refcoco", "val", ("testA", "testB"), "acc@0.5"),
+    TaskSpec("snli_ve", "dev", ("test",), "accuracy"),
+    TaskSpec("caption", "val", ("test",), "cider"),
+    TaskSpec("vqa", "val", ("test",), "accuracy"),
+)}
+TASKS: tuple[str, ...] = tuple(TASK_SPECS)
 PROMPT_TYPES: tuple[str, ...] = ("none", "prev_output")
 DEFAULT_PROMPT_TYPE: dict[str, str] = {"refcoco": "none", "snli_ve": "prev_output", "caption": "none", "vqa": "prev_output"}
 VE_LABEL_TO_ANSWER: dict[str, str] = {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}

@@ -23,15 +23,13 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from mmprompt.core.atomic import default_mode, write_json
+from mmprompt.core.atomic import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -99,19 +97,9 @@ def _extra_tokens(prefix: str, n: int) -> list[AddedToken]:
 
 
 def _save_atomic(tokenizer: OFATokenizer, out_dir: str | os.PathLike) -> Path:
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, default_mode(directory=True))
-    try:
+    with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+    return Path(out_dir)
 
 
 def train_nano_tokenizer(

@@ -47,7 +47,6 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "vqa": ("uniq_id", "image_id", "question", "answers", "predicted_objects", "image"),
     "pretrain": ("uniq_id", "image_id", "subtask", "source", "target", "num_objects", "image"),
 }
-TASKS: tuple[str, ...] = tuple(LAYOUTS)
 VE_RAW_LABELS: tuple[str, ...] = ("entailment", "contradiction", "neutral")
 ON_ERROR = ("raise", "skip")
 IMAGE_MODES = ("full", "header", "none")
@@ -260,7 +259,7 @@ def parse_row(task: str, values: list[str], line: int, images: str = "full") -> 
 
 def check_task(task: str) -> str:
     if task not in LAYOUTS:
-        raise ValueError(f"task={task!r}: unknown task name; allowed {TASKS}")
+        raise ValueError(f"task={task!r}: unknown task name; allowed {tuple(LAYOUTS)}")
     return task
 
 

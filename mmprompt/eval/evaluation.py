@@ -17,12 +17,13 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from mmprompt.eval import decoding, metrics
+from mmprompt.data.tasks import TASK_SPECS
 from mmprompt.data import TaskDataset, bin_token_ids, bins_to_box, decode_ids, encode_text, id_to_bin
 
 logger = logging.getLogger(__name__)
 
 #: The headline metric of each task (what tables and early stopping use).
-MAIN_METRIC = {"refcoco": "acc@0.5", "snli_ve": "accuracy", "vqa": "accuracy", "caption": "cider"}
+MAIN_METRIC = {name: spec.metric for name, spec in TASK_SPECS.items()}
 
 
 @dataclass

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from mmprompt.data.tasks import TASKS
+
 log = logging.getLogger(__name__)
 
-TASKS: tuple[str, ...] = ("refcoco", "snli_ve", "caption", "vqa")
 CAPTION_TOKENIZERS: tuple[str, ...] = ("auto", "ptb", "python")
 MIN_CIDER_IMAGES = 10  # below this CIDEr-D's document frequencies are close to meaningless
 

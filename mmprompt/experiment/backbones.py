@@ -96,7 +96,7 @@ def load_model(name_or_dir: str | os.PathLike = DEFAULT_BACKBONE, *, pretrained:
     if kind == "florence2":
         if not pretrained:
             raise ValueError("pretrained=False is only supported for OFA backbones")
-        from mmprompt.models.florence2 import florence2_backbone
+        from mmprompt.experiment.florence2 import florence2_backbone
 
         backbone = florence2_backbone(directory)
         backbone.model.to(device)

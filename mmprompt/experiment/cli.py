@@ -38,7 +38,8 @@ def _recipe(text: str | None) -> dict[str, Any] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     from mmprompt.experiment.tune import METHODS
-    from mmprompt.experiment.profiles import PROFILES, TASKS
+    from mmprompt.data.tasks import TASKS
+    from mmprompt.experiment.profiles import PROFILES
 
     p = argparse.ArgumentParser(prog="python -m mmprompt.tune_cli", description=__doc__.split("\n")[0])
     p.add_argument("--model-dir", required=True, help="a shipped name (ofa-nano) or a model directory")

@@ -25,7 +25,8 @@ import torch
 
 from mmprompt.data import split_path
 from mmprompt.experiment.tune import resolve_data, resolve_method
-from mmprompt.experiment.profiles import TASKS, get_profile
+from mmprompt.data.tasks import TASKS
+from mmprompt.experiment.profiles import get_profile
 from mmprompt.training.losses import Seq2SeqLoss
 from mmprompt.tuning import apply_method, count_parameters
 

@@ -17,19 +17,15 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mmprompt.data.tasks import TASK_SPECS
+
 #: Learning rates per method family on the nano backbones (cpu/ci profiles); the gpu profile uses the
 #: paper's (prefix 0.03, finetuning 3e-5 … 5e-5, see ``GPU_LR``).
 NANO_LR = {"prefix": 3e-2, "shallow": 3e-2, "finetune": 3e-4, "bitfit": 3e-3, "adapter": 1e-3, "lora": 1e-3}
 GPU_LR = {"prefix": 3e-2, "shallow": 3e-2, "finetune": 5e-5, "bitfit": 1e-3, "adapter": 1e-4, "lora": 1e-4}
 
-#: Validation split and test splits of each task (as in the paper's tables).
-SPLITS = {
-    "refcoco": ("val", ("testA", "testB")),
-    "snli_ve": ("dev", ("test",)),
-    "caption": ("val", ("test",)),
-    "vqa": ("val", ("test",)),
-}
-TASKS = tuple(SPLITS)
+#: Validation split and test splits of each task (from the task registry).
+SPLITS = {name: (spec.val_split, spec.test_splits) for name, spec in TASK_SPECS.items()}
 
 
 def _int(v: Any) -> bool:

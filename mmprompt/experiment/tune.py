@@ -33,7 +33,8 @@ import torch
 from mmprompt.data import ensure_synthetic, split_path
 from mmprompt.eval.distributed import evaluate_sharded, shared_tempdir
 from mmprompt.eval.evaluation import MAIN_METRIC, EvalResult
-from mmprompt.experiment.profiles import SPLITS, TASKS, Profile, get_profile, resolve_profile
+from mmprompt.data.tasks import TASKS
+from mmprompt.experiment.profiles import SPLITS, Profile, get_profile, resolve_profile
 from mmprompt.training import TrainConfig, train
 from mmprompt.training.distributed import init_distributed
 from mmprompt.tuning import (

@@ -32,7 +32,8 @@ from mmprompt.experiment.backbones import load_model
 from mmprompt.data.synth import MANIFEST, file_sha256, read_manifest
 from mmprompt.experiment.tune import resolve_data, tune
 from mmprompt.nano.perception import FIELDS, grounding_by_objects, perception
-from mmprompt.experiment.profiles import SPLITS, TASKS, get_profile
+from mmprompt.data.tasks import TASKS
+from mmprompt.experiment.profiles import SPLITS, get_profile
 
 logger = logging.getLogger(__name__)
 

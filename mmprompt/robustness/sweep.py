@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Subset
 from mmprompt.eval import metrics as task_metrics
 from mmprompt.eval.evaluation import MAIN_METRIC, PREDICTORS
 from mmprompt.experiment.tune import resolve_data
-from mmprompt.experiment.profiles import SPLITS, TASKS, get_profile
+from mmprompt.data.tasks import TASKS
+from mmprompt.experiment.profiles import SPLITS, get_profile
 from mmprompt.robustness.attack import attacked, epsilon_sweep
 from mmprompt.training.losses import Seq2SeqLoss
 

@@ -11,12 +11,9 @@ the new checkpoint, never a mixture.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +22,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmprompt.core.atomic import default_mode, fsync_file, write_json
+from mmprompt.core.atomic import atomic_dir, stale_temp_dirs, write_json
 
-__all__ = ["Checkpoint", "append_jsonl", "atomic_dir", "capture_rng", "clean_stale",
+__all__ = ["Checkpoint", "append_jsonl", "capture_rng", "clean_stale",
            "find_checkpoint", "load_tensors", "read_checkpoint", "restore_rng",
            "save_tensors", "write_checkpoint"]
 
@@ -35,8 +32,6 @@ WEIGHTS, EMA, BUFFERS, STATE, META = ("weights.safetensors", "ema.safetensors",
                                       "buffers.safetensors", "state.pt", "meta.json")
 _ALIASES = "mmprompt_aliases"
 
-
-_FILE_MODE, _DIR_MODE = default_mode(), default_mode(directory=True)  # mkstemp/mkdtemp use 0600/0700
 
 
 def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
@@ -82,34 +77,9 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def clean_stale(out_dir: str | Path) -> None:
-    """Remove temporary directories left by interrupted saves."""
-    for tmp in Path(out_dir).glob(".*.tmp-*"):
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield an empty temp directory; on success it replaces ``final``, on error it vanishes."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        os.chmod(tmp, _DIR_MODE)
-        yield tmp
-        for f in tmp.iterdir():
-            os.chmod(f, _FILE_MODE)
-            fsync_file(f)
-        old = final.with_name(final.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    """Remove temporary directories left by interrupted saves (of processes that are gone)."""
+    for tmp in stale_temp_dirs(out_dir):
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def find_checkpoint(out_dir: str | Path, name: str) -> Path | None:

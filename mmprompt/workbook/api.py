@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmprompt.workbook.runs import PROFILES, TASKS, ParamRule, int_range, one_of, validate_params
+from mmprompt.data.tasks import TASKS
+from mmprompt.workbook.params import PROFILES, ParamRule, int_range, one_of, validate_params
 
 __all__ = [
     "GRIDS", "RULES", "check_result", "checkpoint_card", "choice_list", "example_batch", "grid", "int_list",
@@ -72,7 +73,7 @@ def name_list() -> ParamRule:
                      "a non-empty list of distinct backbone names or model directories")
 
 
-#: The workbook's own notebook knobs (the common ones live in :data:`mmprompt.workbook.runs.COMMON_RULES`).
+#: The workbook's own notebook knobs (the common ones live in :data:`mmprompt.workbook.params.COMMON_RULES`).
 RULES: dict[str, ParamRule] = {
     "backbone": non_empty_str(),
     "backbones": optional(name_list()),

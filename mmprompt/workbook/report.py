@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mmprompt.core.atomic import write_figure, write_text
-from mmprompt.workbook.runs import FAILED_SUFFIX, read_json
+from mmprompt.workbook.records import FAILED_DIR, read_json
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _read_run(nb_dir: Path, run_dir: Path) -> RunRecord | None:
+def _read_run(nb_dir: Path, run_dir: Path, failed: bool) -> RunRecord | None:
     try:
         info = read_json(run_dir / "run.json")
         params = read_json(run_dir / "parameters.json") if (run_dir / "parameters.json").is_file() else {}
     except (OSError, ValueError) as exc:
         log.warning("skipping %s: unreadable run files (%s)", run_dir, exc)
         return None
-    failed = run_dir.name.endswith(FAILED_SUFFIX)
-    rec = RunRecord(nb_dir.name, info.get("run_id", run_dir.name.removesuffix(FAILED_SUFFIX)), run_dir,
+    rec = RunRecord(nb_dir.name, info.get("run_id", run_dir.name), run_dir,
                     "failed" if failed else info.get("status", "unknown"), params)
     if failed:
         err = (run_dir / "error.txt").read_text(encoding="utf-8") if (run_dir / "error.txt").is_file() else ""
@@ -77,19 +76,22 @@ def _read_run(nb_dir: Path, run_dir: Path) -> RunRecord | None:
     return rec
 
 
+def _run_dirs(parent: Path) -> list[Path]:
+    if not parent.is_dir():
+        return []
+    return [p for p in sorted(parent.iterdir())
+            if p.is_dir() and not p.name.startswith((".", "_")) and (p / "run.json").is_file()]
+
+
 def collect_runs(root: str | os.PathLike[str]) -> dict[str, list[RunRecord]]:
-    """``{notebook stem: [runs]}`` for every ``<root>/<stem>/<run-id>[.failed]/run.json``."""
+    """``{notebook stem: [runs]}`` for every ``<root>/<stem>/[_failed/]<run-id>/run.json``."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"root={str(root)!r} is not a directory of papermill runs")
     out: dict[str, list[RunRecord]] = {}
     for nb_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        runs = [
-            rec
-            for run_dir in sorted(nb_dir.iterdir())
-            if run_dir.is_dir() and not run_dir.name.startswith(".") and (run_dir / "run.json").is_file()
-            and (rec := _read_run(nb_dir, run_dir)) is not None
-        ]
+        runs = [rec for parent, failed in ((nb_dir, False), (nb_dir / FAILED_DIR, True))
+                for run_dir in _run_dirs(parent) if (rec := _read_run(nb_dir, run_dir, failed)) is not None]
         if runs:
             out[nb_dir.name] = runs
     return out

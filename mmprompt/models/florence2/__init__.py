@@ -35,10 +35,11 @@ Batches follow :mod:`mmprompt.data.collate`'s contract (``input_ids``, ``attenti
 :func:`mmprompt.training.train` trains it. Predictions come from transformers' own ``generate``.
 
 Modules: :mod:`.conventions` (location tokens, prompts, generation defaults), :mod:`.data` (datasets,
-batches, model inputs), :mod:`.backbone` (loading, ``generate``-based prediction and evaluation,
-:class:`Florence2Backbone`), :mod:`.tiny` (:func:`save_tiny_florence2`: a seeded random Florence-2 with a
+batches, model inputs), :mod:`.model` (loading and ``generate``; scoring and
+:class:`~mmprompt.experiment.florence2.Florence2Backbone` are in the experiment layer), :mod:`.tiny` (:func:`save_tiny_florence2`: a seeded random Florence-2 with a
 locally trained tokenizer that loads offline exactly like a real checkpoint).
 
+>>> from mmprompt.experiment.florence2 import florence2_backbone
 >>> backbone = florence2_backbone("path/to/florence2")                       # doctest: +SKIP
 >>> apply_prefix(backbone.model, PrefixConfig(length=64))                    # doctest: +SKIP
 >>> train_set = backbone.make_dataset("refcoco", "data/refcoco_train.tsv")   # doctest: +SKIP
@@ -46,17 +47,7 @@ locally trained tokenizer that loads offline exactly like a real checkpoint).
 >>> backbone.evaluate(backbone.make_dataset("refcoco", "data/refcoco_val.tsv")).score  # doctest: +SKIP
 """
 
-from mmprompt.models.florence2.backbone import (
-    Florence2Backbone,
-    decode_predictions,
-    default_eval_settings,
-    enable_checkpointing,
-    evaluate_florence2,
-    florence2_backbone,
-    generate_for_batch,
-    load_florence2,
-    predict_batch,
-)
+from mmprompt.models.florence2.model import decode_predictions, enable_checkpointing, generate_for_batch, load_florence2
 from mmprompt.models.florence2.conventions import (
     GENERATION_DEFAULTS,
     NUM_LOC_BINS,
@@ -84,10 +75,10 @@ from mmprompt.models.florence2.tiny import (
 )
 
 __all__ = [
-    "GENERATION_DEFAULTS", "NUM_LOC_BINS", "Florence2Backbone", "Florence2TaskDataset", "TinyFlorence2Spec",
+    "GENERATION_DEFAULTS", "NUM_LOC_BINS", "Florence2TaskDataset", "TinyFlorence2Spec",
     "accept_batch_contract", "box_to_loc_tokens", "build_florence2_processor", "build_florence2_tokenizer",
-    "build_tiny_florence2", "collate_florence2", "decode_predictions", "default_eval_settings", "dequantize_box",
-    "enable_checkpointing", "ensure_tiny_florence2", "evaluate_florence2", "florence2_backbone",
-    "generate_for_batch", "image_side", "load_florence2", "loc_tokens_to_box", "model_inputs", "predict_batch",
+    "build_tiny_florence2", "collate_florence2", "decode_predictions", "dequantize_box",
+    "enable_checkpointing", "ensure_tiny_florence2",
+    "generate_for_batch", "image_side", "load_florence2", "loc_tokens_to_box", "model_inputs",
     "quantize_box", "save_tiny_florence2", "task_prompt", "tiny_florence2_config",
 ]

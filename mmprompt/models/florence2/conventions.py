@@ -18,7 +18,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from mmprompt.data.tasks import DOWNSTREAM_TASKS, MAX_SRC_WORDS, pre_caption, pre_question
+from mmprompt.data.tasks import TASKS, MAX_SRC_WORDS, pre_caption, pre_question
 
 NUM_LOC_BINS = 1000
 LOC_RE = re.compile(r"<loc_(\d+)>")
@@ -106,7 +106,7 @@ def task_prompt(task: str, record: Any, *, add_premise: bool = True, max_words: 
         if add_premise:
             return VE_PREMISE_PROMPT.format(pre_caption(record.premise, max_words), hypothesis)
         return VE_PROMPT.format(hypothesis)
-    raise ValueError(f"task={task!r}: allowed {DOWNSTREAM_TASKS}")
+    raise ValueError(f"task={task!r}: allowed {TASKS}")
 
 
 def answer_text(text: str) -> str:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmprompt.data.tasks import (
-    DOWNSTREAM_TASKS,
+    TASKS,
     MAX_SRC_WORDS,
     MAX_TGT_WORDS,
     VE_LABEL_TO_ANSWER,
@@ -69,8 +69,8 @@ class Florence2TaskDataset(Dataset):
         on_error: str = "raise",
     ) -> None:
         check_task(task)
-        if task not in DOWNSTREAM_TASKS:
-            raise ValueError(f"task={task!r}: allowed {DOWNSTREAM_TASKS}")
+        if task not in TASKS:
+            raise ValueError(f"task={task!r}: allowed {TASKS}")
         for name, value in (("max_src_words", max_src_words), ("max_tgt_words", max_tgt_words)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}: must be an int >= 1")

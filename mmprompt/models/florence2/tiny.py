@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mmprompt.models.florence2.backbone import save_directory
+from mmprompt.core.atomic import atomic_dir, write_json
 from mmprompt.models.florence2.conventions import (
     GENERATION_DEFAULTS,
     IMAGE_TOKEN,
@@ -176,12 +176,11 @@ def save_tiny_florence2(out_dir: str | os.PathLike, spec: TinyFlorence2Spec | No
     spec = spec or TinyFlorence2Spec()
     model, processor = build_tiny_florence2(spec)
 
-    def write(tmp: Path) -> None:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (tmp / SPEC_FILE).write_text(json.dumps(_spec_dict(spec), indent=2) + "\n")
-
-    out = save_directory(out_dir, write)
+        write_json(tmp / SPEC_FILE, _spec_dict(spec))
+    out = Path(out_dir)
     logger.info("saved a tiny Florence-2 (%s parameters) to %s", f"{sum(p.numel() for p in model.parameters()):,}", out)
     return out
 
