@@ -4,8 +4,15 @@ A coordinate ``c`` of an image side of length ``size`` maps to bin ``round(c / s
 (round half up, clipped to ``[0, num_bins - 1]``); a bin ``b`` maps back to ``b / (num_bins - 1) * size``.
 The round trip is therefore off by at most half a bin width, ``size / (num_bins - 1) / 2``.
 
-OFA divides by a fixed ``max_image_size`` (512) instead of the actual side; here the normaliser is the side
-the box lives in (the resized ``patch_image_size`` for a square resize), so the full bin range is used.
+Two conventions:
+
+* the nano world's (:func:`box_to_bins`): the normaliser is the side the box lives in (the resized
+  ``patch_image_size``), so the full bin range is used; the shipped nano checkpoints are trained with it;
+* OFA's (:func:`ofa_box_bins`), for OFA's data and checkpoints: the box is resized with the image, divided by a
+  fixed ``max_image_size`` (512, even when images are resized to 480) and rounded half to even in float32, as
+  ``data/mm_data/refcoco_dataset.py`` does; a bin decodes to ``b / (num_bins - 1) * max_image_size`` pixels of
+  the resized image (:func:`bins_to_box` with ``image_size=max_image_size``).
+
 Boxes are ``(x0, y0, x1, y1)`` in pixels; ``image_size`` is an int (square) or ``(width, height)``.
 """
 
@@ -14,6 +21,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+
+import torch
 
 BIN_RE = re.compile(r"<bin_(\d+)>")
 
@@ -51,6 +60,22 @@ def box_to_bins(box: Sequence[float], image_size: int | Sequence[float], num_bin
         raise ValueError(f"box={box!r}: expected four numbers (x0, y0, x1, y1)")
     w, h = _wh(image_size)
     return [quantize(box[0], w, num_bins), quantize(box[1], h, num_bins), quantize(box[2], w, num_bins), quantize(box[3], h, num_bins)]
+
+
+def ofa_box_bins(box: Sequence[float], orig_size: Sequence[float], patch_image_size: int,
+                 max_image_size: int, num_bins: int) -> list[int]:
+    """OFA's RefCOCO target bins: ``box`` (pixels of an image of ``orig_size`` (w, h)) resized with the image to
+    ``patch_image_size`` square, divided by ``max_image_size``, times ``num_bins - 1``, rounded (float32,
+    half to even, as torch does). Bins are not clipped (OFA does not clip either)."""
+    if len(box) != 4:
+        raise ValueError(f"box={box!r}: expected four numbers (x0, y0, x1, y1)")
+    _check_bins(num_bins)
+    if not isinstance(max_image_size, int) or max_image_size < 1:
+        raise ValueError(f"max_image_size={max_image_size!r}: must be an int >= 1")
+    w, h = _wh(orig_size)
+    ratio = torch.as_tensor([patch_image_size / w, patch_image_size / h] * 2)
+    scaled = torch.tensor([float(v) for v in box]) * ratio / max_image_size
+    return [int(v) for v in (scaled * (num_bins - 1)).round().tolist()]
 
 
 def bins_to_box(bins: Sequence[int], image_size: int | Sequence[float], num_bins: int) -> list[float]:

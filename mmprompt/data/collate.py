@@ -16,6 +16,8 @@ Batch contract (every model, training and evaluation module relies on it)::
                                                caption: list[str]; vqa: list of 10 answers;
                                                pretrain: dict(subtask, target[, box])
     answer_scores          list[dict]          (vqa only) answer -> OFA confidence (the VQA score)
+    loss_weights           FloatTensor[B]      (vqa with ``confidence_weights``) the target answer's confidence;
+                                               OFA multiplies each row's token losses by it
     subtasks               list[str]           (pretrain only)
 
 Datasets index their file once (byte offsets of the good rows; with ``validate=True`` every row is parsed
@@ -34,7 +36,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from mmprompt.data.boxes import scale_box
+from mmprompt.data.boxes import bin_tokens, ofa_box_bins, scale_box
 from mmprompt.data.preprocess import check_patch_image_size, preprocess_image
 from mmprompt.data.tasks import (
     BOX_PLACEHOLDER_RE,
@@ -61,6 +63,7 @@ from mmprompt.data.tasks import (
     vqa_target_answer,
 )
 from mmprompt.data.texts import PRETRAIN_SUBTASKS
+from mmprompt.data.safe_pickle import load_plain_pickle
 from mmprompt.data.tokenizer import PAD, num_bins_of
 from mmprompt.data.tsv import (
     CaptionRecord,
@@ -75,18 +78,31 @@ from mmprompt.data.tsv import (
 )
 
 logger = logging.getLogger(__name__)
-ANSWER_FILE = "trainval_ans2label.json"
+#: Answer-list files looked for next to a VQA TSV, in this order: OFA's pickle, then this project's JSON.
+ANSWER_FILES = ("trainval_ans2label.pkl", "trainval_ans2label.json")
+ANSWER_FILE = ANSWER_FILES[1]
+ID_COLUMNS = ("uniq_id", "image_id")
 
 
 def load_answer_list(path: str | os.PathLike) -> list[str]:
-    """Candidate answers from an ``ans2label`` JSON ({answer: label}), ordered by label."""
+    """Candidate answers from an ``ans2label`` file ({answer: label}), ordered by label: OFA's pickle
+    (``.pkl``, read by a restricted unpickler that admits only plain data) or a JSON object."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"answers path={str(p)!r}: no such file (an ans2label JSON)")
-    ans2label = json.loads(p.read_text(encoding="utf-8"))
-    if not isinstance(ans2label, dict) or not ans2label:
-        raise ValueError(f"answers path={str(p)!r}: expected a non-empty JSON object {{answer: label}}")
+        raise FileNotFoundError(f"answers path={str(p)!r}: no such file (an ans2label .pkl or .json)")
+    if p.suffix in (".pkl", ".p", ".pickle"):
+        ans2label = load_plain_pickle(p)
+    else:
+        ans2label = json.loads(p.read_text(encoding="utf-8"))
+    if not isinstance(ans2label, dict) or not ans2label or not all(
+            isinstance(a, str) and isinstance(i, int) for a, i in ans2label.items()):
+        raise ValueError(f"answers path={str(p)!r}: expected a non-empty mapping {{answer (str): label (int)}}")
     return [a for a, _ in sorted(ans2label.items(), key=lambda kv: kv[1])]
+
+
+def find_answer_file(directory: str | os.PathLike) -> Path | None:
+    """The first of :data:`ANSWER_FILES` present in ``directory`` (None when neither is)."""
+    return next((Path(directory) / n for n in ANSWER_FILES if (Path(directory) / n).is_file()), None)
 
 
 class _IndexedTSV(Dataset):
@@ -141,6 +157,14 @@ class TaskDataset(_IndexedTSV):
     candidate list (default: ``trainval_ans2label.json`` next to the TSV); with ``constraints`` (default on
     for snli_ve and vqa) each example carries its trie constraint mask. ``expand_refs`` turns a caption row
     with k references into k training examples (OFA trains on one caption per row).
+
+    OFA's conventions for its released data and checkpoints (off by default: the nano world has its own):
+    ``max_image_size`` quantises RefCOCO boxes by that fixed size (OFA: 512) instead of the resized side;
+    ``confidence_weights`` gives each VQA row the loss weight of its answer's confidence; ``keep_unlisted``
+    keeps VQA rows whose answer is not a candidate (trained without the trie constraint, scored 0 unless
+    another of its answers is predicted) instead of refusing them; ``id_column="image_id"`` uses column 1 as
+    the example id (OFA's caption evaluation selects columns 1,4,2, so ids join COCO-format references).
+    ``add_object`` appends OFA's " object: ..." suffix built from the raw objects column.
     """
 
     def __init__(
@@ -161,8 +185,19 @@ class TaskDataset(_IndexedTSV):
         max_tgt_words: int = MAX_TGT_WORDS,
         on_error: str = "raise",
         validate: bool = True,
+        max_image_size: int | None = None,
+        confidence_weights: bool = False,
+        keep_unlisted: bool = False,
+        id_column: str = "uniq_id",
     ):
         check_task(task)
+        if max_image_size is not None and (isinstance(max_image_size, bool) or not isinstance(max_image_size, int)
+                                           or max_image_size < 1):
+            raise ValueError(f"max_image_size={max_image_size!r}: must be None or an int >= 1")
+        if id_column not in ID_COLUMNS:
+            raise ValueError(f"id_column={id_column!r}: allowed {ID_COLUMNS}")
+        self.max_image_size, self.confidence_weights = max_image_size, confidence_weights
+        self.keep_unlisted, self.id_column = keep_unlisted, id_column
         if task not in TASKS:
             raise ValueError(f"task={task!r}: TaskDataset takes {TASKS}; use PretrainDataset for 'pretrain'")
         self.task = task
@@ -187,12 +222,13 @@ class TaskDataset(_IndexedTSV):
         if self.task == "snli_ve":
             return list(VE_ANSWERS) if answers is None else list(answers)  # type: ignore[arg-type]
         if answers is None:
-            default = Path(path).parent / ANSWER_FILE
-            if not default.is_file():
+            default = find_answer_file(Path(path).parent)
+            if default is None:
                 if self.constraints is False:
                     return None
                 raise FileNotFoundError(
-                    f"answers=None: no {ANSWER_FILE} next to {path}; pass answers=<list or ans2label JSON path>"
+                    f"answers=None: no {' or '.join(ANSWER_FILES)} next to {path}; pass answers=<list or "
+                    "ans2label .pkl/.json path>"
                 )
             return load_answer_list(default)
         if isinstance(answers, (str, os.PathLike)):
@@ -200,7 +236,7 @@ class TaskDataset(_IndexedTSV):
         return list(answers)
 
     def _check(self, rec: Record) -> str | None:
-        if isinstance(rec, VqaRecord) and self.trie is not None:
+        if isinstance(rec, VqaRecord) and self.trie is not None and not self.keep_unlisted:
             ans = vqa_target_answer(rec.answers)
             if ans not in self._candidate_set:
                 return f"answer {ans!r} is not in the candidate answer list"
@@ -217,7 +253,11 @@ class TaskDataset(_IndexedTSV):
         extra: dict = {}
         if isinstance(rec, RefcocoRecord):
             ref = scaled_refcoco_ref(rec.box, rec.image.size, S)
-            src, tgt = refcoco_source(rec.text, self.max_src_words), refcoco_target(ref["box"], S, self.num_bins)
+            src = refcoco_source(rec.text, self.max_src_words)
+            if self.max_image_size is None:
+                tgt = refcoco_target(ref["box"], S, self.num_bins)
+            else:
+                tgt = bin_tokens(ofa_box_bins(rec.box, rec.image.size, S, self.max_image_size, self.num_bins))
         elif isinstance(rec, SnliVeRecord):
             ref = VE_LABEL_TO_ANSWER[rec.label]
             src = snli_ve_source(rec.hypothesis, rec.premise if self.add_premise else None, self.max_src_words)
@@ -229,14 +269,20 @@ class TaskDataset(_IndexedTSV):
             assert isinstance(rec, VqaRecord)
             ref = vqa_answer_list(rec.answers)
             extra["answer_scores"] = dict(rec.answers)
-            src = vqa_source(rec.question, rec.objects if self.add_object else None, self.max_src_words)
-            tgt = " " + vqa_target_answer(rec.answers)
+            answer = vqa_target_answer(rec.answers)
+            if self.confidence_weights:
+                extra["loss_weight"] = rec.answers[answer]
+            objects = rec.objects_column.strip().split("&&") if self.add_object else None  # OFA keeps empty items
+            src = vqa_source(rec.question, objects, self.max_src_words)
+            tgt = " " + answer
         enc = encode_pair(self.tokenizer, src, tgt, self.prompt_type)
         cmask = None
         if self.trie is not None:
-            cmask = constraint_mask(self.trie, enc.labels, enc.prompt_length, self.vocab_size)
+            listed = not isinstance(rec, VqaRecord) or vqa_target_answer(rec.answers) in self._candidate_set
+            cmask = (constraint_mask(self.trie, enc.labels, enc.prompt_length, self.vocab_size) if listed
+                     else torch.ones(len(enc.labels), self.vocab_size, dtype=torch.bool))
         return {
-            "id": rec.uniq_id,
+            "id": rec.image_id if self.id_column == "image_id" else rec.uniq_id,
             "task": self.task,
             "source": torch.tensor(enc.source, dtype=torch.long),
             "decoder_input": torch.tensor(enc.decoder_input, dtype=torch.long),
@@ -365,6 +411,8 @@ def collate_batch(samples: list[dict], pad_id: int = PAD) -> dict:
         batch["constraint_masks"] = cm
     if "answer_scores" in samples[0]:
         batch["answer_scores"] = [s["answer_scores"] for s in samples]
+    if "loss_weight" in samples[0]:
+        batch["loss_weights"] = torch.tensor([float(s["loss_weight"]) for s in samples])
     if batch["task"] == "pretrain":
         batch["subtasks"] = [s["subtask"] for s in samples]
     return batch

@@ -13,7 +13,8 @@ vqa       uniq_id, image_id, question, answers ("conf|!+answer&&conf|!+answer"),
 pretrain  uniq_id, image_id, subtask, source, target, num_objects, image (empty for text-only rows)
 ========  ===========================================================================================
 
-These are the column orders OFA's run scripts select (``--selected-cols`` 0,4,2,3 / 0,2,3,4,5 / 0,4,2 /
+Columns after the layout's are ignored (OFA reads only its ``--selected-cols``). These are the column orders
+OFA's run scripts select (``--selected-cols`` 0,4,2,3 / 0,2,3,4,5 / 0,4,2 /
 0,5,2,3,4). The pretraining layout is this project's own (one row per example; see ``data/README.md``).
 
 Bad rows name the file, the line and the problem (:class:`TSVFormatError`). With ``on_error="skip"`` they
@@ -111,6 +112,7 @@ class VqaRecord(Record):
     question: str = ""
     answers: dict[str, float] = field(default_factory=dict)  # answer -> confidence, in column order
     objects: list[str] = field(default_factory=list)
+    objects_column: str = ""  # the raw "&&"-joined column (OFA's --add-object splits it, keeping empty items)
 
 
 @dataclass
@@ -213,7 +215,7 @@ def _image(cols: dict[str, str], mode: str, required: bool) -> Image.Image | Non
 def parse_row(task: str, values: list[str], line: int, images: str = "full") -> Record:
     """Parse one split row into its record; raises :class:`RowProblem` (no file/line yet) on a bad row."""
     layout = LAYOUTS[task]
-    if len(values) != len(layout):
+    if len(values) < len(layout):  # OFA reads columns by position (--selected-cols): extra ones are ignored
         raise RowProblem("columns", f"wrong column count: expected {len(layout)} columns for {task} ({', '.join(layout)}), got {len(values)}")
     cols = dict(zip(layout, values))
     uid = _nonempty(cols["uniq_id"], "uniq_id")
@@ -237,7 +239,8 @@ def parse_row(task: str, values: list[str], line: int, images: str = "full") -> 
     if task == "vqa":
         q = _nonempty(cols["question"], "question")
         ans = parse_vqa_answers(cols["answers"])
-        return VqaRecord(uid, iid, _image(cols, images, True), line, question=q, answers=ans, objects=_objects(cols["predicted_objects"]))
+        return VqaRecord(uid, iid, _image(cols, images, True), line, question=q, answers=ans,
+                         objects=_objects(cols["predicted_objects"]), objects_column=cols["predicted_objects"])
     sub = cols["subtask"].strip()
     if sub not in PRETRAIN_SUBTASKS:
         raise RowProblem("subtask", f"subtask {sub!r}: allowed {PRETRAIN_SUBTASKS}")

@@ -66,7 +66,8 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 def _predict_boxes(model, batch: dict, ds: TaskDataset, s: EvalSettings) -> list[list[float] | None]:
-    tok, size, nbins = ds.tokenizer, ds.patch_image_size, ds.num_bins
+    tok, nbins = ds.tokenizer, ds.num_bins
+    size = getattr(ds, "max_image_size", None) or ds.patch_image_size  # OFA's data: bins span max_image_size
 
     def to_box(tokens: list[int]) -> list[float] | None:
         bins = [id_to_bin(tok, t) for t in tokens]

@@ -30,13 +30,15 @@ from typing import Any
 
 import torch
 
-from mmprompt.data import ensure_synthetic, split_path
+from mmprompt.data import ensure_synthetic
+from mmprompt.data.ofa_files import check_run_files, ofa_dataset_kwargs, scored_splits, split_file, \
+    write_vqa_submission
 from mmprompt.eval.distributed import evaluate_sharded, shared_tempdir
 from mmprompt.eval.evaluation import MAIN_METRIC, EvalResult
 from mmprompt.data.tasks import TASKS
-from mmprompt.experiment.profiles import SPLITS, Profile, get_profile, resolve_profile
+from mmprompt.experiment.profiles import SPLITS, Profile, get_profile, named_recipe, resolve_profile
 from mmprompt.training import TrainConfig, train
-from mmprompt.training.distributed import init_distributed
+from mmprompt.training.distributed import init_distributed, is_main_process
 from mmprompt.tuning import (
     AdapterConfig,
     BitFitConfig,
@@ -140,11 +142,16 @@ def _train_config(profile: Profile, name: str, lr: float | None, seed: int, out_
     )
 
 
-def _dataset(backbone, task: str, path: Path, profile: Profile, **kwargs: Any):
-    """``backbone.make_dataset``, at the profile's image resolution when it sets one (OFA backbones)."""
+def _dataset(backbone, task: str, data: Path, split: str, profile: Profile, **kwargs: Any):
+    """``backbone.make_dataset`` over one split, at the profile's image resolution when it sets one (OFA
+    backbones), read with OFA's conventions when the profile's ``convention`` is ``"ofa"``."""
     from mmprompt.experiment.backbones import OFABackbone
     from mmprompt.data import TaskDataset
 
+    path = split_file(data, task, split)
+    if isinstance(backbone, OFABackbone) and profile.convention == "ofa":
+        kwargs = {**ofa_dataset_kwargs(task, split), **({"add_object": profile.add_object} if task == "vqa" else {}),
+                  **kwargs}
     if profile.image_size is not None and isinstance(backbone, OFABackbone):
         return TaskDataset(path, task, backbone.tokenizer, profile.image_size, **kwargs)
     return backbone.make_dataset(task, path, **kwargs)
@@ -203,26 +210,44 @@ def evaluate_splits(backbone, model: torch.nn.Module, task: str, data: Path, pro
     """Score ``model`` on each split of ``task`` with the profile's decoding settings (sharded across the
     ranks under data parallelism)."""
     settings = _eval_settings(backbone, profile)
-    return {s: evaluate_sharded(backbone, model, _dataset(backbone, task, split_path(data, task, s), profile),
-                                settings, amp=_amp(profile))
+    return {s: evaluate_sharded(backbone, model, _dataset(backbone, task, data, s, profile), settings, amp=_amp(profile))
             for s in splits}
+
+
+def _submit_predicted_only(task: str, data: Path, profile: Profile, scored: dict[str, EvalResult],
+                           out_dir: Path | None) -> None:
+    """OFA's VQA test split has dummy answers: write its predictions as the challenge's submission JSON
+    (in ``out_dir``, else the working directory) and report no accuracy for it."""
+    if profile.convention != "ofa" or task != "vqa" or "test" not in scored:
+        return
+    result = scored["test"]
+    path = Path(out_dir or ".") / "vqa_test_submission.json"
+    if is_main_process():
+        write_vqa_submission(result.predictions, path)
+    logger.info("vqa test: %d predictions written to %s (OFA's test answers are dummies: not scored)",
+                len(result.predictions), path)
+    result.metrics = {MAIN_METRIC[task]: None, "n": len(result.predictions),
+                      "submission": str(path)}
 
 
 def tune(backbone, task: str, method: str | object = "prefix", *, profile: str = "ci",
          data_dir: str | os.PathLike | None = None, seed: int = 0, steps: int | None = None,
          lr: float | None = None, batch_size: int | None = None, eval_examples: int | None = None,
          test_splits: bool = True, out_dir: str | os.PathLike | None = None, keep_model: bool = False,
-         progress: bool = True, recipe: dict[str, Any] | None = None) -> TuneResult:
+         progress: bool = True, recipe: dict[str, Any] | str | None = None) -> TuneResult:
     """Tune a copy of ``backbone.model`` on ``task`` with ``method`` and score it.
 
     ``method``: a name from :data:`METHODS` or a config (e.g. ``PrefixConfig(length=16, depth=3)``).
     ``steps``/``batch_size`` (per process)/``eval_examples`` override the profile; ``lr`` the profile's rate
     for the method family; ``recipe`` any other :class:`~mmprompt.experiment.profiles.Profile` field (e.g.
-    ``{"epochs": 50, "effective_batch_size": 256, "image_size": 384, "ema_decay": None}``; None sets None).
+    ``{"epochs": 50, "effective_batch_size": 256, "image_size": 384, "ema_decay": None}``; None sets None) or
+    the name of one of :data:`mmprompt.experiment.profiles.RECIPES` (e.g. ``"ofa-refcoco-prefix-script"``).
     With ``keep_model`` the tuned model is returned in the result.
     """
     _check_task(task)
     name, config = resolve_method(method)
+    if isinstance(recipe, str):
+        recipe = named_recipe(recipe)
     if recipe is not None and not isinstance(recipe, dict):
         raise ValueError(f"recipe={recipe!r}: must be None or a dict of profile fields")
     given = {k: v for k, v in dict(steps=steps, batch_size=batch_size, eval_examples=eval_examples).items()
@@ -236,6 +261,9 @@ def tune(backbone, task: str, method: str | object = "prefix", *, profile: str =
     if lr is not None and not lr > 0:
         raise ValueError(f"lr={lr!r}: must be > 0")
     data = resolve_data(prof, data_dir)
+    val_split, tests = scored_splits(data, task)
+    check_run_files(data, task, (*(("train",) if config is not None else ()), val_split,
+                                 *(tests if test_splits else ())))
     world = init_distributed(str(prof.device).startswith("cuda") and torch.cuda.is_available()).world_size
     with _tf32(prof.tf32):
         return _tune(backbone, task, name, config, prof, data, seed, lr, test_splits, out_dir, keep_model, progress,
@@ -244,16 +272,17 @@ def tune(backbone, task: str, method: str | object = "prefix", *, profile: str =
 
 def _tune(backbone, task: str, name: str, config: object | None, prof: Profile, data: Path, seed: int,
           lr: float | None, test_splits: bool, out_dir, keep_model: bool, progress: bool, world: int) -> TuneResult:
-    val_split, tests = SPLITS[task]
+    val_split, tests = scored_splits(data, task)
     torch.manual_seed(seed)
     model = copy.deepcopy(backbone.model)
+    _set_drop_path(model, prof.drop_path_rate)
     if config is not None:
         apply_method(model, config)
     counts = count_parameters(model) if config is not None else {"trainable": 0, "total": _n_params(model)}
     start, history, n_steps = time.time(), [], 0
     if config is not None:
-        train_ds = _dataset(backbone, task, split_path(data, task, "train"), prof, expand_refs=task == "caption")
-        val_ds = _dataset(backbone, task, split_path(data, task, val_split), prof)
+        train_ds = _dataset(backbone, task, data, "train", prof, expand_refs=task == "caption")
+        val_ds = _dataset(backbone, task, data, val_split, prof)
         settings = _eval_settings(backbone, prof)
         metric = MAIN_METRIC[task]
 
@@ -273,6 +302,7 @@ def _tune(backbone, task: str, name: str, config: object | None, prof: Profile, 
     model.to(prof.device)  # zero-shot: the copy is still where the backbone is; evaluation runs on the device
     model.eval()
     scored = evaluate_splits(backbone, model, task, data, prof, (val_split, *tests) if test_splits else (val_split,))
+    _submit_predicted_only(task, data, prof, scored, Path(out_dir) if out_dir else None)
     return TuneResult(
         task=task, method=name, config=dataclasses.asdict(config) if config is not None else {},
         metrics={s: r.metrics for s, r in scored.items()}, trainable=counts["trainable"], total=counts["total"],
@@ -299,7 +329,7 @@ def heldout_loss(backbone, model: torch.nn.Module | None, task: str, *, profile:
     if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
         raise ValueError(f"examples={examples!r}: must be None or an int >= 1")
     model = backbone.model if model is None else model
-    ds = _dataset(backbone, task, split_path(resolve_data(prof, data_dir), task, split), prof)
+    ds = _dataset(backbone, task, resolve_data(prof, data_dir), split, prof)
     n = min(len(ds), examples or prof.eval_examples or len(ds))
     pad = getattr(getattr(model, "config", None), "pad_token_id", None)
     loss_fn = Seq2SeqLoss(pad_id=1 if pad is None else int(pad), label_smoothing=0.0)
@@ -316,6 +346,19 @@ def heldout_loss(backbone, model: torch.nn.Module | None, task: str, *, profile:
     finally:
         model.train(was_training)
     return total / max(weight, 1.0)
+
+
+def _set_drop_path(model: torch.nn.Module, rate: float | None) -> None:
+    """Apply the profile's drop-path rate to an OFA model (other models keep theirs, with a note)."""
+    from mmprompt.models.ofa import OFAModel
+    from mmprompt.models.ofa.modeling import set_drop_path_rate
+
+    if rate is None:
+        return
+    if isinstance(model, OFAModel):
+        set_drop_path_rate(model, rate)
+    else:
+        logger.info("drop_path_rate=%g ignored: %s keeps its own", rate, type(model).__name__)
 
 
 def _n_params(model: torch.nn.Module) -> int:

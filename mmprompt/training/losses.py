@@ -21,6 +21,7 @@ def seq2seq_loss(
     label_smoothing: float = 0.0,
     constraint_masks: torch.Tensor | None = None,
     reduction: str = "mean",
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Label-smoothed cross-entropy of ``logits`` [B,T,V] against ``target_ids`` [B,T].
 
@@ -36,6 +37,10 @@ def seq2seq_loss(
     target tokens (0 when there are none); ``"sum"`` returns the sum (OFA's criterion returns
     the sum and fairseq divides by the token count of the whole update; the training loop gets
     the same normalisation by weighting each micro-batch's mean by its token share).
+
+    ``weights`` (float [B]) multiplies every token loss of row b by ``weights[b]`` before the reduction,
+    which still divides by the unweighted token count: OFA's VQA criterion multiplies the log-probabilities
+    of each row by its answer's confidence (``sample["conf"]``) the same way.
     """
     if logits.dim() != 3 or target_ids.shape != logits.shape[:2]:
         raise ValueError(f"logits {tuple(logits.shape)} must be [B,T,V] and target_ids "
@@ -44,6 +49,8 @@ def seq2seq_loss(
         raise ValueError(f"label_smoothing={label_smoothing!r} is invalid; allowed: [0, 1)")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction={reduction!r} is invalid; allowed: 'mean' | 'sum'")
+    if weights is not None and tuple(weights.shape) != tuple(logits.shape[:1]):
+        raise ValueError(f"weights {tuple(weights.shape)} must be [B] with B={logits.shape[0]}")
     if constraint_masks is not None and constraint_masks.shape != logits.shape:
         raise ValueError(f"constraint_masks {tuple(constraint_masks.shape)} must match logits "
                          f"{tuple(logits.shape)}")
@@ -71,6 +78,8 @@ def seq2seq_loss(
         eps_i = eps / (n_allowed - 1).clamp(min=1)
         # smooth includes the target itself, so the target's total weight is 1 - eps.
         loss = (1.0 - eps - eps_i) * loss + eps_i * smooth
+    if weights is not None:
+        loss = loss * weights.to(loss.dtype)[:, None].expand_as(keep)[keep]
     total = loss.sum()
     if reduction == "sum":
         return total
@@ -91,7 +100,8 @@ def forward_logits(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Te
 
 
 class Seq2SeqLoss:
-    """Default ``loss_fn(model, batch)``: forward pass + :func:`seq2seq_loss` (token mean)."""
+    """Default ``loss_fn(model, batch)``: forward pass + :func:`seq2seq_loss` (token mean; a batch's
+    ``loss_weights`` weight its rows, as OFA's VQA confidences do)."""
 
     def __init__(self, pad_id: int = 1, label_smoothing: float = 0.1) -> None:
         self.pad_id = pad_id
@@ -100,7 +110,7 @@ class Seq2SeqLoss:
     def __call__(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
         logits = forward_logits(model, batch)
         return seq2seq_loss(logits, batch["target_ids"], self.pad_id, self.label_smoothing,
-                            batch.get("constraint_masks"))
+                            batch.get("constraint_masks"), weights=batch.get("loss_weights"))
 
 
 def batch_weight(batch: Any, pad_id: int = 1) -> float:

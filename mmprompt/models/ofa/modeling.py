@@ -560,3 +560,16 @@ class OFAModel(nn.Module):
             encoder_outputs = self.encode(input_ids, patch_images, patch_masks, attention_mask, inputs_embeds)
         logits, past = self.decoder(decoder_input_ids, encoder_outputs, past_key_values, use_cache)
         return OFAOutput(logits, encoder_outputs, past)
+
+
+def set_drop_path_rate(model: OFAModel, rate: float) -> None:
+    """Set the encoder and decoder stochastic depth to ``rate`` at the last layer (rising linearly from 0, as
+    at construction; OFA's ``--encoder-drop-path-rate``/``--decoder-drop-path-rate``). Weights are untouched."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate={rate!r}: must be a number in [0, 1)")
+    from .resnet import DropPath
+
+    for stack, field in ((model.encoder, "encoder_drop_path_rate"), (model.decoder, "decoder_drop_path_rate")):
+        for layer, r in zip(stack.layers, linear_rates(float(rate), len(stack.layers))):
+            layer.drop_path = DropPath(r) if r > 0 else nn.Identity()
+        setattr(model.config, field, float(rate))
