@@ -1,0 +1,221 @@
+"""OFA's released data layout read exactly as OFA's dataset classes do (data/mm_data/{refcoco,snli_ve,caption,
+vqa_gen}_dataset.py, branch feature/prompt_tuning), and a one-step gpu-recipe run per dataset on the CPU."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from ofa_fixture_data import ANS2LABEL, REFCOCO_ROWS, SIZES, make_ofa_data
+
+from mmprompt import load_model, tune
+from mmprompt.data import TaskDataset, collate_batch, encode_text, load_answer_list
+from mmprompt.data.boxes import bins_to_box, iou, ofa_box_bins
+from mmprompt.data.ofa_files import check_run_files, dataset_files, ofa_dataset_kwargs, scored_splits, split_file
+from mmprompt.data.safe_pickle import load_plain_pickle
+from mmprompt.data.tokenizer import BOS, EOS, PAD, bin_token_ids
+from mmprompt.training.losses import seq2seq_loss
+
+S = 64
+
+
+@pytest.fixture(scope="module")
+def ofa(tmp_path_factory):
+    return make_ofa_data(tmp_path_factory.mktemp("ofa"))
+
+
+def _ids(tok, text):
+    return [BOS, *encode_text(tok, text), EOS]
+
+
+def _dataset(d, task, split, tok, size=S, **kw):
+    return TaskDataset(split_file(d, task, split), task, tok, size, **ofa_dataset_kwargs(task, split), **kw)
+
+
+# ------------------------------------------------------------------ layout
+
+
+def test_each_directory_is_recognised_with_its_scored_splits(ofa):
+    assert [dataset_files(ofa[n], "refcoco").name for n in ("refcoco", "refcocoplus", "refcocog")] == [
+        "refcoco", "refcocoplus", "refcocog"]
+    assert scored_splits(ofa["refcocoplus"], "refcoco") == ("val", ("testA", "testB"))
+    assert scored_splits(ofa["refcocog"], "refcoco") == ("val", ("test",))
+    assert split_file(ofa["refcocog"], "refcoco", "test").name == "refcocog_test.tsv"
+    assert split_file(ofa["caption"], "caption", "train").name == "caption_stage1_train.tsv"
+    assert scored_splits(ofa["snli_ve"], "snli_ve") == ("dev", ("test",))
+
+
+def test_missing_splits_are_named_before_training(ofa, tmp_path, random_ofa_dir):
+    for f in ofa["refcocog"].iterdir():
+        if "val" in f.name:
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"\['refcocog_train\.tsv', 'refcocog_test\.tsv'\].*refcocog_data\.zip"):
+        check_run_files(tmp_path, "refcoco", ("train", "val", "test"))
+    backbone = load_model(random_ofa_dir)
+    with pytest.raises(FileNotFoundError, match="refcocog_train.tsv"):  # refused before any training
+        tune(backbone, "refcoco", "prefix", profile="gpu", data_dir=tmp_path, recipe={"device": "cpu"})
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for n in ("refcoco_val.tsv", "refcocog_val.tsv"):
+        (mixed / n).write_text("")
+    with pytest.raises(ValueError, match="several refcoco datasets"):
+        dataset_files(mixed, "refcoco")
+
+
+# ------------------------------------------------------------------ RefCOCO / RefCOCO+ / RefCOCOg
+
+
+def _ofa_bins(box, size, patch, max_image_size=512, num_bins=1000):
+    """OFA's quantisation re-derived in numpy float32: resize ratio, / max_image_size, * (bins-1), half-even."""
+    w, h = size
+    ratio = np.array([patch / w, patch / h] * 2, dtype=np.float32)
+    v = np.array(box, dtype=np.float32) * ratio / np.float32(max_image_size) * np.float32(num_bins - 1)
+    return [int(x) for x in np.round(v)]
+
+
+def test_box_bins_follow_ofa_at_480_and_512():
+    box, size = (10.5, 20.25, 300.0, 320.0), SIZES[0]
+    assert ofa_box_bins(box, size, 480, 512, 1000) == [20, 57, 562, 900] == _ofa_bins(box, size, 480)
+    assert ofa_box_bins(box, size, 512, 512, 1000) == [21, 61, 599, 960] == _ofa_bins(box, size, 512)
+    # a perfect prediction decodes back (in resized pixels) onto the box: IoU ~ 1 at 480
+    pred = bins_to_box(ofa_box_bins(box, size, 480, 512, 1000), 512, 1000)
+    resized = [box[0] * 480 / 500, box[1] * 480 / 333, box[2] * 480 / 500, box[3] * 480 / 333]
+    assert iou(pred, resized) > 0.99
+
+
+@pytest.mark.parametrize("name", ["refcoco", "refcocoplus", "refcocog"])
+def test_refcoco_fields_as_ofa_produces_them(ofa, nano_tokenizer, name):
+    tok = nano_tokenizer
+    nb = len(bin_token_ids(tok))
+    ds = _dataset(ofa[name], "refcoco", "val", tok)
+    sources = [' which region does the text " the man on the left, holding a bat! " describe?',
+               ' which region does the text " woman in red far right " describe?',
+               ' which region does the text " small dog " describe?']
+    for i, (uid, _, _, coord, k) in enumerate(REFCOCO_ROWS):
+        item = ds[i]
+        box = [float(v) for v in coord.split(",")]
+        bins = _ofa_bins(box, SIZES[k], S, 512, nb)
+        target = [bin_token_ids(tok)[b] for b in bins]
+        assert item["id"] == uid
+        assert item["source"].tolist() == _ids(tok, sources[i])
+        assert item["labels"].tolist() == [*target, EOS] and item["decoder_input"].tolist() == [BOS, *target]
+        assert item["ref"]["orig_box"] == box and item["ref"]["orig_size"] == SIZES[k]
+        assert item["patch_image"].shape == (3, S, S)
+
+
+# ------------------------------------------------------------------ SNLI-VE
+
+
+def test_snli_ve_fields_as_ofa_produces_them(ofa, nano_tokenizer):
+    tok = nano_tokenizer
+    ds = _dataset(ofa["snli_ve"], "snli_ve", "dev", tok)
+    expected = [("two dogs run.", " yes"), ("a cat sleeps", " no"), ("the dog is fast", " maybe")]
+    for i, (hyp, ans) in enumerate(expected):
+        item = ds[i]
+        src = _ids(tok, f' can image and text1 " a dog is running in a field " imply text2 " {hyp} "?')
+        tgt = encode_text(tok, ans)
+        assert item["id"] == str(i) and item["source"].tolist() == src
+        assert item["decoder_input"].tolist() == src[:-1] + tgt
+        assert item["labels"].tolist() == [PAD] * (len(src) - 2) + tgt + [EOS]
+        assert item["ref"] == ans.strip()
+
+
+# ------------------------------------------------------------------ caption
+
+
+def test_caption_fields_ids_and_files_as_ofa_produces_them(ofa, nano_tokenizer):
+    tok = nano_tokenizer
+    train = _dataset(ofa["caption"], "caption", "train", tok, expand_refs=True)
+    assert len(train) == 3  # stage 1: one caption per row
+    item = train[0]
+    assert item["id"] == "0" and item["source"].tolist() == _ids(tok, " what does the image describe?")
+    assert item["labels"].tolist() == encode_text(tok, " A man with a red helmet on a small moped on a dirt road") + [EOS]
+    test = _dataset(ofa["caption"], "caption", "test", tok)
+    assert [test[i]["id"] for i in range(2)] == ["184613", "403013"]  # column 1, OFA's selected_cols 1,4,2
+    assert test[0]["ref"] == ["A man with a red helmet on a small moped on a dirt road",
+                              "Man riding a motor bike on a dirt road"]
+    coco = json.loads((ofa["caption"] / "test_caption_coco_format.json").read_text())
+    assert {a["image_id"] for a in coco["annotations"]} == {int(test[i]["id"]) for i in range(2)}
+    cached = load_plain_pickle(ofa["caption"] / "cider_cached_tokens" / "coco-valid-words.p")
+    assert cached["ref_len"] == 5000.0 and cached["document_frequency"][("dirt", "road")] == 300.0
+    assert type(cached["document_frequency"]) is dict  # the defaultdict is read as a plain dict
+
+
+# ------------------------------------------------------------------ VQA
+
+
+def test_ans2label_pickle_is_read_safely(ofa, tmp_path):
+    assert load_answer_list(ofa["vqa"] / "trainval_ans2label.pkl") == list(ANS2LABEL)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "trainval_ans2label.pkl"
+    bad.write_bytes(pickle.dumps({"yes": Evil()}))
+    with pytest.raises(ValueError, match="builtins.print is not allowed"):
+        load_answer_list(bad)
+    bad.write_bytes(pickle.dumps({"yes": b"raw"}))
+    with pytest.raises(ValueError, match="type bytes"):
+        load_plain_pickle(bad)
+
+
+def test_vqa_fields_weights_objects_and_unlisted_answers(ofa, nano_tokenizer):
+    tok = nano_tokenizer
+    ds = _dataset(ofa["vqa"], "vqa", "train", tok, add_object=True)
+    assert ds.candidates == list(ANS2LABEL) and len(ds) == 3  # the out-of-list row is kept
+    expected = [(" is the house short? object: house short sky", " no", 1.0),
+                (" what color is the roof? object: roof  sky", " maroon", 0.9),  # OFA keeps the empty item
+                (" how many windows? object: ", " 2", 1.0)]
+    for i, (src_text, ans, conf) in enumerate(expected):
+        item = ds[i]
+        src, tgt = _ids(tok, src_text), encode_text(tok, ans)
+        assert item["source"].tolist() == src and item["decoder_input"].tolist() == src[:-1] + tgt
+        assert item["labels"].tolist() == [PAD] * (len(src) - 2) + tgt + [EOS]
+        assert item["loss_weight"] == conf
+    assert ds[1]["constraint_mask"].all()  # unlisted answer: trained without the trie constraint
+    assert not ds[0]["constraint_mask"][-2].all()
+    batch = collate_batch([ds[i] for i in range(3)])
+    assert batch["loss_weights"].tolist() == pytest.approx([1.0, 0.9, 1.0])
+    assert batch["ids"] == ["262148000", "262148001", "262148002"]
+
+
+def test_confidence_weights_scale_each_rows_token_losses():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 7), torch.tensor([[4, 2, 1], [5, 6, 2]])
+    per_row = [seq2seq_loss(logits[i:i + 1], target[i:i + 1], reduction="sum") for i in range(2)]
+    weighted = seq2seq_loss(logits, target, weights=torch.tensor([0.3, 1.0]))
+    assert float(weighted) == pytest.approx(float(0.3 * per_row[0] + per_row[1]) / 5)
+    with pytest.raises(ValueError, match="weights"):
+        seq2seq_loss(logits, target, weights=torch.ones(3))
+
+
+# ------------------------------------------------------------------ one gpu-recipe step per dataset
+
+RUN = {"device": "cpu", "amp": "none", "image_size": S, "num_workers": 0, "effective_batch_size": 2,
+       "prompt_length": 2, "eval_every": None, "drop_path_rate": 0.1}
+
+
+@pytest.fixture(scope="module")
+def backbone(random_ofa_dir):
+    return load_model(random_ofa_dir)
+
+
+@pytest.mark.parametrize("name,task", [("refcoco", "refcoco"), ("refcocoplus", "refcoco"), ("refcocog", "refcoco"),
+                                       ("snli_ve", "snli_ve"), ("caption", "caption"), ("vqa", "vqa")])
+def test_one_gpu_recipe_step_on_ofa_layout(ofa, backbone, tmp_path, name, task):
+    torch.set_num_threads(1)
+    r = tune(backbone, task, "prefix", profile="gpu", data_dir=ofa[name], steps=1, eval_examples=2, batch_size=2,
+             progress=False, out_dir=tmp_path, recipe=RUN)
+    val, tests = scored_splits(ofa[name], task)
+    assert r.steps == 1 and list(r.metrics) == [val, *tests]
+    if task == "vqa":
+        assert r.metrics["test"]["accuracy"] is None  # dummy answers: predicted, not scored
+        sub = json.loads((tmp_path / "vqa_test_submission.json").read_text())
+        assert [s["question_id"] for s in sub] == [262148000, 262148001]
+        assert all(s["answer"] in ANS2LABEL for s in sub)
+    else:
+        assert 0.0 <= r.score <= (10.0 if task == "caption" else 1.0)
