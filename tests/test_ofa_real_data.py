@@ -219,3 +219,24 @@ def test_one_gpu_recipe_step_on_ofa_layout(ofa, backbone, tmp_path, name, task):
         assert all(s["answer"] in ANS2LABEL for s in sub)
     else:
         assert 0.0 <= r.score <= (10.0 if task == "caption" else 1.0)
+
+
+# ------------------------------------------------------------------ python -m mmprompt.data.check
+
+
+def test_check_command_reports_files_rows_and_missing_ones(ofa, tmp_path, capsys):
+    from mmprompt.data.check import check_data_dir, main
+
+    assert main([str(ofa["vqa"]), "--task", "vqa"]) == 0
+    out = capsys.readouterr().out
+    assert "5 candidate answers" in out and "2 of 3 target answers in the answer list" in out and "ready" in out
+    assert main([str(ofa["caption"]), "--task", "caption", "--rows", "2"]) == 0
+    assert "4 cached n-gram frequencies" in capsys.readouterr().out
+    (tmp_path / "refcocoplus_val.tsv").write_bytes((ofa["refcocoplus"] / "refcocoplus_val.tsv").read_bytes())
+    with open(tmp_path / "refcocoplus_val.tsv", "a") as f:
+        f.write("9\t9\tbroken row\t1,2\tnot-base64!\n")
+    report = check_data_dir(tmp_path, "refcoco", rows=10)
+    assert report.dataset == "refcocoplus" and not report.ok and report.problems == 4  # train, testA, testB, val
+    text = "\n".join(report.lines)
+    assert "refcocoplus_train.tsv missing" in text and "line 4:" in text and "refcocoplus_data.zip" in text
+    assert main([str(tmp_path), "--task", "refcoco"]) == 1
