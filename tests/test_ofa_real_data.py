@@ -206,8 +206,11 @@ def backbone(random_ofa_dir):
 
 @pytest.mark.parametrize("name,task", [("refcoco", "refcoco"), ("refcocoplus", "refcoco"), ("refcocog", "refcoco"),
                                        ("snli_ve", "snli_ve"), ("caption", "caption"), ("vqa", "vqa")])
-def test_one_gpu_recipe_step_on_ofa_layout(ofa, backbone, tmp_path, name, task):
+def test_one_gpu_recipe_step_on_ofa_layout(ofa, backbone, tmp_path, monkeypatch, name, task):
+    from mmprompt import metrics
+
     torch.set_num_threads(1)
+    monkeypatch.setattr(metrics, "_java_available", lambda: False)  # the COCO metrics' JVM takes ~10 s a split
     r = tune(backbone, task, "prefix", profile="gpu", data_dir=ofa[name], steps=1, eval_examples=2, batch_size=2,
              progress=False, out_dir=tmp_path, recipe=RUN)
     val, tests = scored_splits(ofa[name], task)
@@ -219,6 +222,8 @@ def test_one_gpu_recipe_step_on_ofa_layout(ofa, backbone, tmp_path, name, task):
         assert all(s["answer"] in ANS2LABEL for s in sub)
     else:
         assert 0.0 <= r.score <= (10.0 if task == "caption" else 1.0)
+    if task == "caption":  # validation: OFA's cached CIDEr frequencies; test: the COCO evaluation
+        assert "cider_split_df" in r.metrics["val"] and "cider_split_df" not in r.metrics["test"]
 
 
 # ------------------------------------------------------------------ python -m mmprompt.data.check
@@ -240,3 +245,27 @@ def test_check_command_reports_files_rows_and_missing_ones(ofa, tmp_path, capsys
     text = "\n".join(report.lines)
     assert "refcocoplus_train.tsv missing" in text and "line 4:" in text and "refcocoplus_data.zip" in text
     assert main([str(tmp_path), "--task", "refcoco"]) == 1
+
+
+# ------------------------------------------------------------------ caption CIDEr-D with OFA's cached frequencies
+
+
+def test_cider_d_matches_coco_and_takes_the_cached_frequencies(ofa, nano_tokenizer):
+    from pycocoevalcap.cider.cider import Cider
+
+    from mmprompt.data.cider_cache import load_cider_cache
+    from mmprompt.eval.cider import cider_d
+
+    preds = ["a man riding a bike on a road", "a woman cutting a cake", "two dogs play in the grass"]
+    refs = [["a man rides a motor bike on a dirt road", "man on a bike"], ["a woman cuts a big cake"],
+            ["dogs playing on grass", "two dogs in a field playing"]]
+    coco, _ = Cider().compute_score(dict(enumerate(refs)), {i: [p] for i, p in enumerate(preds)})
+    assert cider_d(preds, refs) == pytest.approx(coco, abs=1e-12)
+    cache = load_cider_cache(ofa["caption"] / "cider_cached_tokens" / "coco-valid-words.p")
+    cached = cider_d(preds, refs, cache)
+    assert cached != pytest.approx(coco) and cached > 0
+    val = _dataset(ofa["caption"], "caption", "val", nano_tokenizer, cider_cache=None)
+    assert val.cider_cache is None
+    kwargs = ofa_dataset_kwargs("caption", "val", ofa["caption"])
+    assert kwargs["cider_cache"].name == "coco-valid-words.p" and "cider_cache" not in ofa_dataset_kwargs(
+        "caption", "test", ofa["caption"])

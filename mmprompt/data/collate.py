@@ -63,6 +63,7 @@ from mmprompt.data.tasks import (
     vqa_target_answer,
 )
 from mmprompt.data.texts import PRETRAIN_SUBTASKS
+from mmprompt.data.cider_cache import load_cider_cache
 from mmprompt.data.safe_pickle import load_plain_pickle
 from mmprompt.data.tokenizer import PAD, num_bins_of
 from mmprompt.data.tsv import (
@@ -164,6 +165,8 @@ class TaskDataset(_IndexedTSV):
     keeps VQA rows whose answer is not a candidate (trained without the trie constraint, scored 0 unless
     another of its answers is predicted) instead of refusing them; ``id_column="image_id"`` uses column 1 as
     the example id (OFA's caption evaluation selects columns 1,4,2, so ids join COCO-format references).
+    ``cider_cache`` (OFA's ``cider_cached_tokens/coco-valid-words.p``) makes the caption ``cider`` metric
+    CIDEr-D with those document frequencies, as OFA's validation computes it (:mod:`mmprompt.eval.cider`).
     ``add_object`` appends OFA's " object: ..." suffix built from the raw objects column.
     """
 
@@ -189,6 +192,7 @@ class TaskDataset(_IndexedTSV):
         confidence_weights: bool = False,
         keep_unlisted: bool = False,
         id_column: str = "uniq_id",
+        cider_cache: str | os.PathLike | None = None,
     ):
         check_task(task)
         if max_image_size is not None and (isinstance(max_image_size, bool) or not isinstance(max_image_size, int)
@@ -198,6 +202,9 @@ class TaskDataset(_IndexedTSV):
             raise ValueError(f"id_column={id_column!r}: allowed {ID_COLUMNS}")
         self.max_image_size, self.confidence_weights = max_image_size, confidence_weights
         self.keep_unlisted, self.id_column = keep_unlisted, id_column
+        self.cider_cache = None
+        if cider_cache is not None:
+            self.cider_cache = load_cider_cache(cider_cache)
         if task not in TASKS:
             raise ValueError(f"task={task!r}: TaskDataset takes {TASKS}; use PretrainDataset for 'pretrain'")
         self.task = task

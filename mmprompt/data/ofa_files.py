@@ -141,8 +141,9 @@ def check_run_files(data_dir: str | os.PathLike, task: str, splits: Sequence[str
             f"are missing; OFA publishes them in {spec.url} (see {OFA_DATASETS_DOC})")
 
 
-def ofa_dataset_kwargs(task: str, split: str) -> dict[str, Any]:
-    """:class:`~mmprompt.data.TaskDataset` keyword arguments reading a split as OFA's dataset classes do."""
+def ofa_dataset_kwargs(task: str, split: str, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """:class:`~mmprompt.data.TaskDataset` keyword arguments reading a split as OFA's dataset classes do
+    (with ``data_dir``, the caption validation split takes OFA's cached CIDEr tokens when present)."""
     kwargs: dict[str, Any] = {}
     if task == "refcoco":
         kwargs["max_image_size"] = 512  # tasks/mm_tasks/refcoco.py: max_image_size default
@@ -150,6 +151,9 @@ def ofa_dataset_kwargs(task: str, split: str) -> dict[str, Any]:
         kwargs.update(confidence_weights=True, keep_unlisted=True)
     if task == "caption" and split != "train":
         kwargs["id_column"] = "image_id"  # OFA's caption evaluation selects columns 1,4,2
+        cache = extra_file(data_dir, task, "cider_df") if (data_dir is not None and split == "val") else None
+        if cache is not None:
+            kwargs["cider_cache"] = cache  # OFA's --eval-cider-cached-tokens (validation during training)
     return kwargs
 
 

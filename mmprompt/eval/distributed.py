@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from mmprompt.eval import metrics
-from mmprompt.eval.evaluation import EvalResult, EvalSettings
+from mmprompt.eval.evaluation import EvalResult, EvalSettings, with_cached_cider
 from mmprompt.training.distributed import barrier, broadcast_object, dist_info, gather_objects
 
 __all__ = ["DatasetShard", "evaluate_sharded", "score_rows", "shard_indices", "shared_tempdir"]
@@ -59,7 +59,8 @@ def shard_indices(n: int, batch_size: int, rank: int, world_size: int) -> list[i
     return [i for s in starts for i in range(s, min(s + batch_size, n))]
 
 
-def score_rows(task: str, rows: Sequence[dict[str, Any]], settings: EvalSettings) -> dict[str, float | None]:
+def score_rows(task: str, rows: Sequence[dict[str, Any]], settings: EvalSettings,
+               cider_cache: Any = None) -> dict[str, float | None]:
     """The task's metrics of prediction rows (``{"id", "prediction", "reference"}``), scored the way
     :func:`mmprompt.eval.evaluation.evaluate` scores them."""
     preds = [r["prediction"] for r in rows]
@@ -70,7 +71,7 @@ def score_rows(task: str, rows: Sequence[dict[str, Any]], settings: EvalSettings
         preds = [p if p is not None else [0.0, 0.0, 0.0, 0.0] for p in preds]
     elif task == "caption" and not settings.full_caption_metrics:
         options = {"tokenizer": "python", "meteor": False, "spice": False}
-    return metrics.score(task, preds, refs, **options)
+    return with_cached_cider(metrics.score(task, preds, refs, **options), preds, refs, cider_cache)
 
 
 def evaluate_sharded(backbone: Any, model: torch.nn.Module, dataset: Any, settings: EvalSettings,
@@ -96,7 +97,8 @@ def evaluate_sharded(backbone: Any, model: torch.nn.Module, dataset: Any, settin
     for indices, part in gather_objects((mine, rows)):
         by_index.update(zip(indices, part, strict=True))
     ordered = [by_index[i] for i in range(n)]
-    return EvalResult(dataset.task, score_rows(dataset.task, ordered, settings), ordered)
+    return EvalResult(dataset.task, score_rows(dataset.task, ordered, settings, getattr(dataset, "cider_cache", None)),
+                      ordered)
 
 
 @contextlib.contextmanager

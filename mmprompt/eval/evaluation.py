@@ -132,5 +132,16 @@ def evaluate(model: torch.nn.Module, dataset: TaskDataset, settings: EvalSetting
     options = {}
     if task == "caption" and not s.full_caption_metrics:
         options = {"tokenizer": "python", "meteor": False, "spice": False}
-    result = metrics.score(task, preds, refs, **options)
+    result = with_cached_cider(metrics.score(task, preds, refs, **options), preds, refs,
+                               getattr(dataset, "cider_cache", None))
     return EvalResult(task, result, rows)
+
+
+def with_cached_cider(result: dict, predictions: list, references: list, cache) -> dict:
+    """Caption metrics with ``cider`` computed from OFA's cached document frequencies when ``cache`` (a
+    :class:`mmprompt.data.cider_cache.CiderCache`) is given; the split-frequency value stays as ``cider_split_df``."""
+    if cache is None:
+        return result
+    from mmprompt.eval.cider import cider_d
+
+    return {**result, "cider": cider_d(predictions, references, cache), "cider_split_df": result["cider"]}

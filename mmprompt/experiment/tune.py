@@ -150,7 +150,7 @@ def _dataset(backbone, task: str, data: Path, split: str, profile: Profile, **kw
 
     path = split_file(data, task, split)
     if isinstance(backbone, OFABackbone) and profile.convention == "ofa":
-        kwargs = {**ofa_dataset_kwargs(task, split), **({"add_object": profile.add_object} if task == "vqa" else {}),
+        kwargs = {**ofa_dataset_kwargs(task, split, data), **({"add_object": profile.add_object} if task == "vqa" else {}),
                   **kwargs}
     if profile.image_size is not None and isinstance(backbone, OFABackbone):
         return TaskDataset(path, task, backbone.tokenizer, profile.image_size, **kwargs)
@@ -201,6 +201,8 @@ def _named_config(name: str, config: object, profile: Profile) -> object:
 
 def _eval_settings(backbone, profile: Profile):
     extra = {"batch_size": profile.eval_batch_size} if profile.eval_batch_size is not None else {}
+    if profile.convention == "ofa":
+        extra["full_caption_metrics"] = True  # OFA's coco_eval.py: PTB tokenisation (Java), METEOR, SPICE
     return backbone.default_eval_settings(beam_size=profile.beam_size, max_examples=profile.eval_examples,
                                           progress=False, device=profile.device, **extra)
 
