@@ -16,6 +16,7 @@ from mmprompt.models.florence2 import (
     ensure_tiny_florence2,
     load_florence2,
     loc_tokens_to_box,
+    parse_phrase_grounding,
     model_inputs,
     quantize_box,
     save_tiny_florence2,
@@ -66,6 +67,15 @@ def test_grounding_target_is_parsed_by_florence2_post_processing(backbone):
     assert parsed["bboxes"] == [[int(c) for c in ours]]
     assert max(abs(a - b) for a, b in zip(ours, box)) <= side / NUM_LOC_BINS
     assert loc_tokens_to_box("<loc_1><loc_2><loc_3>", side) is None
+    assert loc_tokens_to_box("<loc_1><loc_2><loc_3><loc_4>", side) is None  # no phrase: the processor reads none
+    assert loc_tokens_to_box("the dog<loc_1><loc_2><loc_3>x<loc_4>", side) is None  # not consecutive
+    two = "</s><s>a cat<loc_1><loc_2><loc_3><loc_4><loc_5><loc_6><loc_7><loc_8>a hat<loc_9><loc_9><loc_10><loc_10>"
+    theirs = backbone.processor.post_process_generation(
+        text=two, task="<CAPTION_TO_PHRASE_GROUNDING>", image_size=(side, side))["<CAPTION_TO_PHRASE_GROUNDING>"]
+    ours = parse_phrase_grounding(two, side)
+    assert [g["phrase"] for g in ours for _ in g["boxes"]] == theirs["labels"] == ["a cat", "a cat", "a hat"]
+    assert [[int(c) for c in b] for g in ours for b in g["boxes"]] == theirs["bboxes"]
+    assert loc_tokens_to_box(two, side) == ours[0]["boxes"][0]
 
 
 def test_tiny_directory_loads_offline_like_a_checkpoint(tiny_dir, backbone):
@@ -113,8 +123,12 @@ def test_task_datasets_build_florence2_batches(backbone, tiny_synthetic, task):
     source = tok.decode(item["source"])
     assert source.startswith("<image>" * 17 + "<s>") and source.endswith("</s>")
     target = tok.decode(labels[1:-1])
-    # refcoco's generation budget comes from the prompt alone and fits the target exactly
-    assert item["generation_budget"] == (len(labels) if task == "refcoco" else None)
+    # refcoco's generation budget comes from the prompt alone: the target plus an echo twice the phrase's length
+    if task == "refcoco":
+        n_phrase = len(tok(item["prompt"].split(">", 1)[1], add_special_tokens=False)["input_ids"])
+        assert item["generation_budget"] == len(labels) + n_phrase
+    else:
+        assert item["generation_budget"] is None
     if task == "refcoco":
         assert source.endswith(f"Locate the phrases in the caption: {item['prompt'].split('>', 1)[1]}</s>")
         box = loc_tokens_to_box(target, ds.patch_image_size)
@@ -186,3 +200,61 @@ def test_ensure_builds_once_and_rebuilds_for_another_spec(tiny_dir, tmp_path):
     assert (target / "model.safetensors").read_bytes() == (tiny_dir / "model.safetensors").read_bytes()
     ensure_tiny_florence2(target, TinyFlorence2Spec(seed=3))
     assert (target / "model.safetensors").read_bytes() != (tiny_dir / "model.safetensors").read_bytes()
+
+
+def _copy_without(src, dst, drop=()):
+    import shutil
+
+    shutil.copytree(src, dst)
+    for name in drop:
+        (dst / name).unlink()
+    return dst
+
+
+def test_real_checkpoint_loading_rules(tiny_dir, tmp_path, monkeypatch, caplog):
+    import huggingface_hub
+
+    from mmprompt import load_model
+    from mmprompt.models.florence2 import GENERATION_DEFAULTS, load_florence2
+
+    bare = _copy_without(tiny_dir, tmp_path / "bare", ["generation_config.json"])
+    with caplog.at_level("WARNING"):
+        model, _ = load_florence2(bare)
+    gen = model.generation_config
+    assert (gen.num_beams, gen.no_repeat_ngram_size, gen.forced_bos_token_id) == (3, 3, 0) == (
+        GENERATION_DEFAULTS["num_beams"], GENERATION_DEFAULTS["no_repeat_ngram_size"], 0)
+    assert "no generation_config.json" in caplog.text
+    remote = _copy_without(tiny_dir, tmp_path / "remote")
+    cfg = json.loads((remote / "config.json").read_text())
+    cfg["text_config"]["model_type"] = "florence2_language"
+    cfg["auto_map"] = {"AutoConfig": "configuration_florence2.Florence2Config"}
+    (remote / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="remote-code.*florence-community/Florence-2-base"):
+        load_florence2(remote)
+    # hub ids: load_model agrees with load_florence2 (downloaded where there is network, a clear error offline)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id: str(tiny_dir))
+    assert type(load_model("florence-community/Florence-2-base").model).__name__ == "Florence2ForConditionalGeneration"
+
+    def offline(repo_id):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download florence-community/Florence-2-base"):
+        load_model("florence-community/Florence-2-base")
+
+
+def test_grounding_targets_quantise_the_original_box(backbone, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ofa_fixture_data import REFCOCO_ROWS, SIZES, make_ofa_data
+
+    d = make_ofa_data(tmp_path)["refcoco"]
+    ds = backbone.make_dataset("refcoco", d / "refcoco_val.tsv")
+    post = backbone.processor.post_processor
+    for i, (_, _, _, coord, k) in enumerate(REFCOCO_ROWS):
+        box = [float(v) for v in coord.split(",")]
+        target = backbone.tokenizer.decode(ds[i]["labels"][1:-1])
+        expected = post.quantize(torch.tensor([box]), SIZES[k]).tolist()[0]  # the processor: original size
+        assert target.endswith("".join(f"<loc_{b}>" for b in expected))

@@ -80,15 +80,37 @@ def _model_type(directory: Path) -> str:
     return json.loads(config.read_text(encoding="utf-8")).get("model_type", "ofa")
 
 
+def _is_hub_id(name: str) -> bool:
+    from mmprompt.models.florence2.model import is_hub_id
+
+    return is_hub_id(name)
+
+
+def _download(repo_id: str) -> Path:
+    """A hub repository's files (cached by huggingface_hub), or a clear error where there is no network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id))
+    except Exception as err:  # noqa: BLE001 - offline, unknown repository, no huggingface_hub: one message
+        raise FileNotFoundError(
+            f"backbone={repo_id!r}: not a local directory, and the hub repository could not be fetched "
+            f"({type(err).__name__}: {err}); where there is network run `huggingface-cli download {repo_id} "
+            f"--local-dir DIR` and pass DIR") from None
+
+
 def load_model(name_or_dir: str | os.PathLike = DEFAULT_BACKBONE, *, pretrained: bool = True,
                device: str | torch.device = "cpu", seed: int = 0):
-    """Load a backbone by shipped name (``ofa-nano``, ``ofa-nano-small``) or from a local directory.
+    """Load a backbone by shipped name (``ofa-nano``, ``ofa-nano-small``), from a local directory, or from a
+    hub id (``org/name``, downloaded where there is network; a clear error offline).
 
     ``pretrained=False`` builds the same architecture with random weights (seeded) and the same
     tokenizer — the from-scratch baseline of the transfer study.
     """
     name = os.fspath(name_or_dir)
     directory = checkpoints_dir() / name if name in SHIPPED else Path(name)
+    if not directory.is_dir() and _is_hub_id(name):
+        directory = _download(name)
     if not directory.is_dir():
         hint = f"a shipped name {SHIPPED} or a model directory"
         raise FileNotFoundError(f"backbone={name!r}: no directory {str(directory)!r} ({hint})")

@@ -54,6 +54,7 @@ from mmprompt.models.florence2.conventions import (
     box_to_loc_tokens,
     dequantize_box,
     loc_tokens_to_box,
+    parse_phrase_grounding,
     quantize_box,
     task_prompt,
 )
@@ -80,5 +81,6 @@ __all__ = [
     "build_tiny_florence2", "collate_florence2", "decode_predictions", "dequantize_box",
     "enable_checkpointing", "ensure_tiny_florence2",
     "generate_for_batch", "image_side", "load_florence2", "loc_tokens_to_box", "model_inputs",
+    "parse_phrase_grounding",
     "quantize_box", "save_tiny_florence2", "task_prompt", "tiny_florence2_config",
 ]

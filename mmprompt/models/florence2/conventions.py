@@ -1,8 +1,9 @@
 """Florence-2's conventions: location tokens, task prompts, targets, generation defaults, added tokens.
 
 * boxes: 1000 location tokens ``<loc_0>``…``<loc_999>`` per axis; bin = floor(coordinate / (side / 1000))
-  clipped to [0, 999], read back as the bin centre (bin + 0.5) · side / 1000 — the quantiser of
-  Florence-2's post-processor;
+  (float32) clipped to [0, 999] against the original image size, read back as the bin centre
+  (bin + 0.5) · side / 1000 — the quantiser of Florence-2's post-processor; outputs are parsed by the
+  processor's phrase-grounding rules (:func:`parse_phrase_grounding`);
 * prompts: a task token the processor expands (``<CAPTION>`` → "What does the image describe?",
   ``<CAPTION_TO_PHRASE_GROUNDING>phrase`` → "Locate the phrases in the caption: phrase") or free text;
 * phrase grounding is answered "phrase<loc_x0><loc_y0><loc_x1><loc_y1>";
@@ -12,11 +13,12 @@
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections.abc import Sequence
 from typing import Any
+
+import torch
 
 from mmprompt.data.tasks import TASKS, MAX_SRC_WORDS, pre_caption, pre_question
 
@@ -59,7 +61,11 @@ def quantize_box(box: Sequence[float], image_size: int | Sequence[float], bins: 
     if len(box) != 4:
         raise ValueError(f"box={box!r}: expected four numbers (x0, y0, x1, y1)")
     w, h = _sides(image_size)
-    return [int(min(max(math.floor(c / (s / bins)), 0), bins - 1)) for c, s in zip(box, (w, h, w, h))]
+    # float32, a coordinate tensor divided by a Python-float bin width, as the processor computes it (150 px
+    # of a 300 px side is bin 499 there, not 500)
+    coords = torch.tensor([float(c) for c in box], dtype=torch.float32)
+    out = [(coords[i] / (side / bins)).floor().clamp(0, bins - 1) for i, side in enumerate((w, h, w, h))]
+    return [int(v) for v in out]
 
 
 def dequantize_box(loc_bins: Sequence[int], image_size: int | Sequence[float], bins: int = NUM_LOC_BINS) -> list[float]:
@@ -75,12 +81,34 @@ def box_to_loc_tokens(box: Sequence[float], image_size: int | Sequence[float]) -
     return "".join(f"<loc_{b}>" for b in quantize_box(box, image_size))
 
 
+_SPECIALS = ("<s>", "</s>", "<pad>")
+_PHRASE_SEGMENT = re.compile(r"[^<]+(?:<loc_\d+>){4,}")  # text, then at least four location tokens
+_BOX = re.compile(r"<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>")
+
+
+def parse_phrase_grounding(text: str, image_size: int | Sequence[float]) -> list[dict[str, Any]]:
+    """Phrase-grounding output read by the rules of Florence-2's processor (``post_process_generation``
+    for ``<CAPTION_TO_PHRASE_GROUNDING>``): ``<s>``/``</s>``/``<pad>`` removed; each segment of text followed
+    by four or more location tokens is one phrase (its stripped text, which must be non-empty) with one box
+    per group of four consecutive location tokens. Returns ``[{"phrase": str, "boxes": [[x0, y0, x1, y1],
+    ...]}, ...]`` in pixels of ``image_size``."""
+    for special in _SPECIALS:
+        text = text.replace(special, "")
+    out = []
+    for segment in _PHRASE_SEGMENT.findall(text):
+        phrase = segment[: segment.index("<loc_")].strip()
+        bins = [[int(g) for g in m.groups()] for m in _BOX.finditer(segment)]
+        bins = [b for b in bins if max(b) < NUM_LOC_BINS]
+        if phrase and bins:
+            out.append({"phrase": phrase, "boxes": [dequantize_box(b, image_size) for b in bins]})
+    return out
+
+
 def loc_tokens_to_box(text: str, image_size: int | Sequence[float]) -> list[float] | None:
-    """The box of the first four ``<loc_i>`` tokens of ``text`` (None when there are fewer)."""
-    found = [int(b) for b in LOC_RE.findall(text)[:4]]
-    if len(found) < 4 or max(found) >= NUM_LOC_BINS:
-        return None
-    return dequantize_box(found, image_size)
+    """The first box of the first phrase of a grounding output (:func:`parse_phrase_grounding`: a phrase
+    followed by four consecutive location tokens), None when there is none."""
+    found = parse_phrase_grounding(text, image_size)
+    return found[0]["boxes"][0] if found else None
 
 
 def _sentence(text: str) -> str:

@@ -97,7 +97,8 @@ class Florence2TaskDataset(Dataset):
         S = self.patch_image_size
         if isinstance(rec, RefcocoRecord):
             ref = scaled_refcoco_ref(rec.box, rec.image.size, S)
-            return grounding_phrase(rec.text, self.max_src_words) + box_to_loc_tokens(ref["box"], S), ref, {}
+            # quantised against the original image, as Florence-2's processor does (no rescale rounding)
+            return grounding_phrase(rec.text, self.max_src_words) + box_to_loc_tokens(rec.box, rec.image.size), ref, {}
         if isinstance(rec, SnliVeRecord):
             ref = VE_LABEL_TO_ANSWER[rec.label]
             return ref, ref, {}
@@ -108,11 +109,12 @@ class Florence2TaskDataset(Dataset):
         return vqa_target_answer(rec.answers), vqa_answer_list(rec.answers), {"answer_scores": dict(rec.answers)}
 
     def _budget(self, rec: Any) -> int | None:
-        """refcoco: <s> + the echoed phrase + four location tokens + </s> (known from the prompt)."""
+        """refcoco: <s> + the echoed phrase + four location tokens + </s>, with room for an echo up to twice
+        the phrase's length (a zero-shot model may rephrase it) still followed by a full box."""
         if not isinstance(rec, RefcocoRecord):
             return None
         phrase = grounding_phrase(rec.text, self.max_src_words)
-        return len(self.tokenizer(phrase, add_special_tokens=False)["input_ids"]) + 6
+        return 2 * len(self.tokenizer(phrase, add_special_tokens=False)["input_ids"]) + 6
 
     def __getitem__(self, i: int) -> dict:
         offset, line, k = self.index[i]

@@ -11,12 +11,50 @@ from typing import Any
 
 import torch
 
-from mmprompt.models.florence2.conventions import answer_text, loc_tokens_to_box
+from mmprompt.models.florence2.conventions import GENERATION_DEFAULTS, answer_text, loc_tokens_to_box
 from mmprompt.models.florence2.data import model_inputs
 
 logger = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # the ones prefixes can extend
+NATIVE_CHECKPOINTS = "florence-community/Florence-2-base or florence-community/Florence-2-large"
+_REMOTE_CODE_HINT = (
+    "holds the original remote-code Florence-2 format (microsoft/Florence-2-*), which the native transformers "
+    f"Florence2ForConditionalGeneration cannot load; use the converted native checkpoints ({NATIVE_CHECKPOINTS}, "
+    "or their fine-tuned *-ft variants)")
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` looks like a hub repository id ``org/name`` (and is not a relative path)."""
+    return bool(_HUB_ID.match(text)) and not text.startswith(".")
+
+
+def _refuse_remote_code(source: str) -> None:
+    """A clear error for the remote-code format (its config names the ``florence2_language`` sub-model)."""
+    config = Path(source) / "config.json"
+    if not config.is_file():
+        return
+    import json
+
+    data = json.loads(config.read_text(encoding="utf-8"))
+    text_type = (data.get("text_config") or {}).get("model_type")
+    if "auto_map" in data or text_type == "florence2_language":
+        raise ValueError(f"model_dir={source!r} {_REMOTE_CODE_HINT}")
+
+
+def _generation_defaults(model: torch.nn.Module, source: str) -> None:
+    """Florence-2's decoding defaults when the checkpoint ships no ``generation_config.json``."""
+    from transformers import GenerationConfig
+
+    try:
+        GenerationConfig.from_pretrained(source)
+        return
+    except OSError:
+        pass
+    logger.warning("%s has no generation_config.json: using Florence-2's decoding defaults %s", source,
+                   GENERATION_DEFAULTS)
+    for key, value in GENERATION_DEFAULTS.items():
+        setattr(model.generation_config, key, value)
 
 
 def _check_source(model_dir: str | os.PathLike) -> str:
@@ -26,7 +64,7 @@ def _check_source(model_dir: str | os.PathLike) -> str:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model_dir={text!r}: no config.json (not a saved transformers model)")
         return str(path)
-    if _HUB_ID.match(text) and not text.startswith("."):
+    if is_hub_id(text):
         return text  # a hub id: transformers downloads it where the network allows
     raise FileNotFoundError(f"model_dir={text!r}: no such directory (give a local directory or a hub id 'org/name')")
 
@@ -42,20 +80,29 @@ def load_florence2(
 
     ``model_dir`` is a directory written by ``save_pretrained`` (or a hub id such as
     ``florence-community/Florence-2-base`` where the network allows). The original ``microsoft/Florence-2-*``
-    repositories hold remote code and are not supported.
+    repositories hold remote code and are refused with a message naming the native conversions. A checkpoint
+    without ``generation_config.json`` gets Florence-2's decoding defaults (beam 3, no-repeat 3, forced
+    ``<s>``), with a warning.
     """
     from transformers import AutoConfig, AutoProcessor, Florence2ForConditionalGeneration
 
     if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation={attn_implementation!r}: allowed {ATTENTION_IMPLEMENTATIONS}")
     source = _check_source(model_dir)
-    config = AutoConfig.from_pretrained(source)
+    _refuse_remote_code(source)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except ValueError as err:
+        if "florence2_language" in str(err):
+            raise ValueError(f"model_dir={source!r} {_REMOTE_CODE_HINT}") from None
+        raise
     if config.model_type != "florence2":
         raise ValueError(f"model_dir={str(model_dir)!r} holds a {config.model_type!r} model; expected 'florence2'")
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = Florence2ForConditionalGeneration.from_pretrained(source, **kwargs).to(device).eval()
+    _generation_defaults(model, source)
     processor = AutoProcessor.from_pretrained(source)
     image_token = getattr(processor.tokenizer, "image_token_id", None)
     if image_token != model.config.image_token_id:
