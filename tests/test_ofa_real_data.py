@@ -269,3 +269,63 @@ def test_cider_d_matches_coco_and_takes_the_cached_frequencies(ofa, nano_tokeniz
     kwargs = ofa_dataset_kwargs("caption", "val", ofa["caption"])
     assert kwargs["cider_cache"].name == "coco-valid-words.p" and "cider_cache" not in ofa_dataset_kwargs(
         "caption", "test", ofa["caption"])
+
+
+def test_drop_worst_keeps_the_best_tokens_after_the_given_updates():
+    from mmprompt.training.losses import Seq2SeqLoss
+    from mmprompt.profiles import resolve_profile
+
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 5, 9), torch.randint(3, 9, (2, 5))
+    per_token = torch.stack([seq2seq_loss(logits[b:b + 1, t:t + 1], target[b:b + 1, t:t + 1])
+                             for b in range(2) for t in range(5)])
+    kept = per_token.sort().values[:8]  # int(10 * 0.8) smallest
+    assert float(seq2seq_loss(logits, target, drop_worst_ratio=0.2)) == pytest.approx(float(kept.mean()))
+    loss = Seq2SeqLoss(label_smoothing=0.0, drop_worst_ratio=0.2, drop_worst_after=3)
+
+    class Model(torch.nn.Module):
+        def forward(self, **_):
+            return logits
+
+    batch = {"target_ids": target}
+    loss.updates = 3
+    assert float(loss(Model(), batch)) == pytest.approx(float(per_token.mean()))
+    loss.updates = 4
+    assert float(loss(Model(), batch)) == pytest.approx(float(kept.mean()))
+    cap = resolve_profile("gpu", "caption", "finetune")
+    assert (cap.drop_worst_ratio, cap.drop_worst_after) == (0.2, 2500)  # run_scripts/caption/train_caption_stage1.sh
+
+
+def test_recipe_table_paper_default_and_ofas_script(backbone, monkeypatch, ofa):
+    import mmprompt.experiment as experiment
+    from mmprompt.models.ofa.modeling import set_drop_path_rate
+    from mmprompt.profiles import RECIPES, resolve_profile
+
+    paper = resolve_profile("gpu", "refcoco", "prefix")
+    assert (paper.prompt_length, paper.effective_batch_size, paper.lr_for("prefix")) == (64, 128, 0.03)
+    assert (paper.drop_path_rate, paper.convention) == (0.2, "ofa")
+    script = resolve_profile("gpu", "refcoco", "prefix", **RECIPES["ofa-refcoco-prefix-script"])
+    assert (script.prompt_length, script.effective_batch_size, script.grad_accum(8), script.epochs) == (100, 1024, 8, 100)
+    assert resolve_profile("gpu", "vqa", "prefix").add_object
+    assert resolve_profile("gpu", "refcoco", "bitfit").lr_for("bitfit") == 1e-4  # in OFA's sweep
+    seen = {}
+    real_train = experiment.train
+
+    def spy(model, data, cfg, **kw):
+        seen["rates"] = [getattr(layer.drop_path, "rate", 0.0) for layer in model.encoder.layers]
+        seen["accum"] = cfg.grad_accum
+        return real_train(model, data, cfg, **kw)
+
+    monkeypatch.setattr(experiment, "train", spy)
+    recipe = {**RUN, **RECIPES["ofa-refcoco-prefix-script"], "effective_batch_size": 2, "batch_size": 2,
+              "image_size": S, "eval_every": None}  # the script, shrunk to one CPU step
+    r = tune(backbone, "refcoco", "prefix", profile="gpu", data_dir=ofa["refcoco"], steps=1, eval_examples=1,
+             test_splits=False, progress=False, recipe=recipe)
+    n = len(backbone.model.encoder.layers)
+    assert r.config["length"] == 100 and seen["accum"] == 1
+    assert seen["rates"] == pytest.approx([0.2 * i / (n - 1) for i in range(n)])
+    assert all(not hasattr(layer.drop_path, "rate") for layer in backbone.model.encoder.layers)  # a copy
+    with pytest.raises(ValueError, match="ofa-refcoco-prefix-script"):
+        tune(backbone, "refcoco", "prefix", profile="gpu", data_dir=ofa["refcoco"], recipe="ofa-script")
+    with pytest.raises(ValueError, match="rate=1.5"):
+        set_drop_path_rate(backbone.model, 1.5)

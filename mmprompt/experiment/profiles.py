@@ -71,6 +71,8 @@ class Profile:
     #                           out-of-list answers, caption ids from image_id, VQA test -> submission JSON
     add_object: bool = False  # VQA: OFA's --add-object (" object: ..." appended to the question)
     drop_path_rate: float | None = None  # OFA models' encoder/decoder drop-path; None: the checkpoint's
+    drop_worst_ratio: float = 0.0  # OFA's caption stage 1: drop this share of the worst target tokens ...
+    drop_worst_after: int = 0  # ... after this many updates
 
     def __post_init__(self) -> None:
         checks = (
@@ -89,6 +91,8 @@ class Profile:
             ("convention", self.convention, lambda v: v in CONVENTIONS, f"one of {CONVENTIONS}"),
             ("drop_path_rate", self.drop_path_rate, lambda v: v is None or (_num(v) and 0 <= v < 1),
              "None or a number in [0, 1)"),
+            ("drop_worst_ratio", self.drop_worst_ratio, lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+            ("drop_worst_after", self.drop_worst_after, lambda v: _int(v) and v >= 0, "an integer >= 0"),
         )
         for name, value, ok, allowed in checks:
             if not ok(value):
@@ -173,7 +177,8 @@ GPU_TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
                        drop_path_rate=0.1),
         "finetune": dict(epochs=2, effective_batch_size=128, batch_size=8, lr=1e-5, label_smoothing=0.1,
                          warmup_ratio=0.06, image_size=480, beam_size=5, eval_every=1000,
-                         freeze_token_embeddings=True, drop_path_rate=0.1),
+                         freeze_token_embeddings=True, drop_path_rate=0.1, drop_worst_ratio=0.2,
+                         drop_worst_after=2500),
         "finetune@base": dict(epochs=5),
     },
     "vqa": {

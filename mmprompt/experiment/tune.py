@@ -136,6 +136,7 @@ def _train_config(profile: Profile, name: str, lr: float | None, seed: int, out_
         metric=metric, mode="max", seed=seed, out_dir=out_dir, restore_best=profile.eval_every is not None,
         amp=profile.amp, device=profile.device, progress=progress, log_every=max(1, (profile.steps or 100) // 20),
         label_smoothing=profile.label_smoothing, warmup_ratio=profile.warmup_ratio,
+        drop_worst_ratio=profile.drop_worst_ratio, drop_worst_after=profile.drop_worst_after,
         warmup_steps=profile.warmup_steps, ema_decay=profile.ema_decay, num_workers=profile.num_workers,
         # OFA's image-code embeddings (and a backbone's other unused parts) get no gradient: DDP must know
         find_unused_parameters=world_size > 1,

@@ -64,6 +64,8 @@ class TrainConfig:
     drop_last: bool = False
     clip_norm: float | None = 1.0  # None or 0 disables clipping (the norm is still checked)
     label_smoothing: float = 0.1
+    drop_worst_ratio: float = 0.0  # OFA's --drop-worst-ratio: drop this share of the worst target tokens
+    drop_worst_after: int = 0  # ... once this many updates are done (OFA's --drop-worst-after)
     pad_id: int = 1
     amp: str = "none"
     ema_decay: float | None = None
@@ -110,6 +112,8 @@ class TrainConfig:
         if self.clip_norm is not None:
             _check_float("clip_norm", self.clip_norm, 0.0, math.inf, hi_open=True)
         _check_float("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        _check_float("drop_worst_ratio", self.drop_worst_ratio, 0.0, 1.0, hi_open=True)
+        _check_int("drop_worst_after", self.drop_worst_after, 0)
         _check_int("pad_id", self.pad_id, 0)
         if self.amp not in _AMP:
             _fail("amp", self.amp, " | ".join(_AMP))

@@ -125,7 +125,8 @@ class _Trainer:
                  load_state_dict_fn: LoadStateDictFn | None) -> None:
         self._check_data(data)
         self.cfg, self.model, self.data = cfg, model, data
-        self.loss_fn = loss_fn or Seq2SeqLoss(cfg.pad_id, cfg.label_smoothing)
+        self.loss_fn = loss_fn or Seq2SeqLoss(cfg.pad_id, cfg.label_smoothing, cfg.drop_worst_ratio,
+                                              cfg.drop_worst_after)
         self.eval_fn, self.callbacks = eval_fn, list(callbacks or [])
         self.collate_fn = collate_fn or default_collate
         self.state_dict_fn, self.load_state_dict_fn = state_dict_fn, load_state_dict_fn
@@ -303,6 +304,8 @@ class _Trainer:
         else:  # no target token anywhere: equal shares of a zero loss
             shares = [1.0 / (len(window) * world)] * len(window)
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        if isinstance(self.loss_fn, Seq2SeqLoss):
+            self.loss_fn.updates = self.state.step
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(window):
             batch = _to_device(batch, self.device)

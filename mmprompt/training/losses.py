@@ -22,6 +22,7 @@ def seq2seq_loss(
     constraint_masks: torch.Tensor | None = None,
     reduction: str = "mean",
     weights: torch.Tensor | None = None,
+    drop_worst_ratio: float = 0.0,
 ) -> torch.Tensor:
     """Label-smoothed cross-entropy of ``logits`` [B,T,V] against ``target_ids`` [B,T].
 
@@ -41,6 +42,9 @@ def seq2seq_loss(
     ``weights`` (float [B]) multiplies every token loss of row b by ``weights[b]`` before the reduction,
     which still divides by the unweighted token count: OFA's VQA criterion multiplies the log-probabilities
     of each row by its answer's confidence (``sample["conf"]``) the same way.
+
+    ``drop_worst_ratio`` (OFA's ``--drop-worst-ratio``, caption stage 1) keeps only the
+    ``int(N * (1 - ratio))`` target tokens with the smallest losses; the mean is over the kept tokens.
     """
     if logits.dim() != 3 or target_ids.shape != logits.shape[:2]:
         raise ValueError(f"logits {tuple(logits.shape)} must be [B,T,V] and target_ids "
@@ -49,6 +53,8 @@ def seq2seq_loss(
         raise ValueError(f"label_smoothing={label_smoothing!r} is invalid; allowed: [0, 1)")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction={reduction!r} is invalid; allowed: 'mean' | 'sum'")
+    if not 0.0 <= drop_worst_ratio < 1.0:
+        raise ValueError(f"drop_worst_ratio={drop_worst_ratio!r} is invalid; allowed: [0, 1)")
     if weights is not None and tuple(weights.shape) != tuple(logits.shape[:1]):
         raise ValueError(f"weights {tuple(weights.shape)} must be [B] with B={logits.shape[0]}")
     if constraint_masks is not None and constraint_masks.shape != logits.shape:
@@ -80,10 +86,12 @@ def seq2seq_loss(
         loss = (1.0 - eps - eps_i) * loss + eps_i * smooth
     if weights is not None:
         loss = loss * weights.to(loss.dtype)[:, None].expand_as(keep)[keep]
+    if drop_worst_ratio > 0.0 and loss.numel() > 0:
+        loss = torch.topk(loss, k=int(loss.numel() * (1.0 - drop_worst_ratio)), largest=False).values
     total = loss.sum()
     if reduction == "sum":
         return total
-    return total / keep.sum().clamp(min=1)
+    return total / max(loss.numel(), 1)
 
 
 def forward_logits(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -103,14 +111,18 @@ class Seq2SeqLoss:
     """Default ``loss_fn(model, batch)``: forward pass + :func:`seq2seq_loss` (token mean; a batch's
     ``loss_weights`` weight its rows, as OFA's VQA confidences do)."""
 
-    def __init__(self, pad_id: int = 1, label_smoothing: float = 0.1) -> None:
+    def __init__(self, pad_id: int = 1, label_smoothing: float = 0.1, drop_worst_ratio: float = 0.0,
+                 drop_worst_after: int = 0) -> None:
         self.pad_id = pad_id
         self.label_smoothing = label_smoothing
+        self.drop_worst_ratio, self.drop_worst_after = drop_worst_ratio, drop_worst_after
+        self.updates = 0  # optimizer updates done so far (the training loop sets it, as fairseq's update_num)
 
     def __call__(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
         logits = forward_logits(model, batch)
+        drop = self.drop_worst_ratio if self.updates > self.drop_worst_after else 0.0
         return seq2seq_loss(logits, batch["target_ids"], self.pad_id, self.label_smoothing,
-                            batch.get("constraint_masks"), weights=batch.get("loss_weights"))
+                            batch.get("constraint_masks"), weights=batch.get("loss_weights"), drop_worst_ratio=drop)
 
 
 def batch_weight(batch: Any, pad_id: int = 1) -> float:
