@@ -207,7 +207,7 @@ def backbone(random_ofa_dir):
 @pytest.mark.parametrize("name,task", [("refcoco", "refcoco"), ("refcocoplus", "refcoco"), ("refcocog", "refcoco"),
                                        ("snli_ve", "snli_ve"), ("caption", "caption"), ("vqa", "vqa")])
 def test_one_gpu_recipe_step_on_ofa_layout(ofa, backbone, tmp_path, monkeypatch, name, task):
-    from mmprompt import metrics
+    from mmprompt.eval import metrics
 
     torch.set_num_threads(1)
     monkeypatch.setattr(metrics, "_java_available", lambda: False)  # the COCO metrics' JVM takes ~10 s a split
@@ -273,7 +273,7 @@ def test_cider_d_matches_coco_and_takes_the_cached_frequencies(ofa, nano_tokeniz
 
 def test_drop_worst_keeps_the_best_tokens_after_the_given_updates():
     from mmprompt.training.losses import Seq2SeqLoss
-    from mmprompt.profiles import resolve_profile
+    from mmprompt.experiment.profiles import resolve_profile
 
     torch.manual_seed(1)
     logits, target = torch.randn(2, 5, 9), torch.randint(3, 9, (2, 5))
@@ -297,9 +297,9 @@ def test_drop_worst_keeps_the_best_tokens_after_the_given_updates():
 
 
 def test_recipe_table_paper_default_and_ofas_script(backbone, monkeypatch, ofa):
-    import mmprompt.experiment as experiment
+    import mmprompt.experiment.tune as experiment
     from mmprompt.models.ofa.modeling import set_drop_path_rate
-    from mmprompt.profiles import RECIPES, resolve_profile
+    from mmprompt.experiment.profiles import RECIPES, resolve_profile
 
     paper = resolve_profile("gpu", "refcoco", "prefix")
     assert (paper.prompt_length, paper.effective_batch_size, paper.lr_for("prefix")) == (64, 128, 0.03)
