@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from mmprompt.data import split_path
-from mmprompt.experiment.tune import resolve_data, resolve_method
+from mmprompt.experiment.tune import resolve_data, resolve_method, split_dataset
 from mmprompt.data.tasks import TASKS
 from mmprompt.experiment.profiles import get_profile
 from mmprompt.training.losses import Seq2SeqLoss
@@ -81,7 +80,7 @@ def step_cost(backbone, task: str, method: str | object = "prefix", *, profile: 
     counts = count_parameters(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr if lr is not None else prof.lr_for(name))
-    ds = backbone.make_dataset(task, split_path(data, task, "train"))
+    ds = split_dataset(backbone, task, data, "train", prof)
     batch = ds.collater([ds[i] for i in range(min(prof.batch_size, len(ds)))])
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     loss_fn = Seq2SeqLoss(pad_id=1, label_smoothing=0.1)

@@ -143,7 +143,7 @@ def _train_config(profile: Profile, name: str, lr: float | None, seed: int, out_
     )
 
 
-def _dataset(backbone, task: str, data: Path, split: str, profile: Profile, **kwargs: Any):
+def split_dataset(backbone, task: str, data: Path, split: str, profile: Profile, **kwargs: Any):
     """``backbone.make_dataset`` over one split, at the profile's image resolution when it sets one (OFA
     backbones), read with OFA's conventions when the profile's ``convention`` is ``"ofa"``."""
     from mmprompt.experiment.backbones import OFABackbone
@@ -151,8 +151,8 @@ def _dataset(backbone, task: str, data: Path, split: str, profile: Profile, **kw
 
     path = split_file(data, task, split)
     if isinstance(backbone, OFABackbone) and profile.convention == "ofa":
-        kwargs = {**ofa_dataset_kwargs(task, split, data), **({"add_object": profile.add_object} if task == "vqa" else {}),
-                  **kwargs}
+        objects = {"add_object": profile.add_object} if task == "vqa" else {}
+        kwargs = {**ofa_dataset_kwargs(task, split, data), **objects, **kwargs}
     if profile.image_size is not None and isinstance(backbone, OFABackbone):
         return TaskDataset(path, task, backbone.tokenizer, profile.image_size, **kwargs)
     return backbone.make_dataset(task, path, **kwargs)
@@ -213,7 +213,8 @@ def evaluate_splits(backbone, model: torch.nn.Module, task: str, data: Path, pro
     """Score ``model`` on each split of ``task`` with the profile's decoding settings (sharded across the
     ranks under data parallelism)."""
     settings = _eval_settings(backbone, profile)
-    return {s: evaluate_sharded(backbone, model, _dataset(backbone, task, data, s, profile), settings, amp=_amp(profile))
+    return {s: evaluate_sharded(backbone, model, split_dataset(backbone, task, data, s, profile), settings,
+                                amp=_amp(profile))
             for s in splits}
 
 
@@ -284,8 +285,8 @@ def _tune(backbone, task: str, name: str, config: object | None, prof: Profile, 
     counts = count_parameters(model) if config is not None else {"trainable": 0, "total": _n_params(model)}
     start, history, n_steps = time.time(), [], 0
     if config is not None:
-        train_ds = _dataset(backbone, task, data, "train", prof, expand_refs=task == "caption")
-        val_ds = _dataset(backbone, task, data, val_split, prof)
+        train_ds = split_dataset(backbone, task, data, "train", prof, expand_refs=task == "caption")
+        val_ds = split_dataset(backbone, task, data, val_split, prof)
         settings = _eval_settings(backbone, prof)
         metric = MAIN_METRIC[task]
 
@@ -332,7 +333,7 @@ def heldout_loss(backbone, model: torch.nn.Module | None, task: str, *, profile:
     if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
         raise ValueError(f"examples={examples!r}: must be None or an int >= 1")
     model = backbone.model if model is None else model
-    ds = _dataset(backbone, task, resolve_data(prof, data_dir), split, prof)
+    ds = split_dataset(backbone, task, resolve_data(prof, data_dir), split, prof)
     n = min(len(ds), examples or prof.eval_examples or len(ds))
     pad = getattr(getattr(model, "config", None), "pad_token_id", None)
     loss_fn = Seq2SeqLoss(pad_id=1 if pad is None else int(pad), label_smoothing=0.0)

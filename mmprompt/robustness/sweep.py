@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from mmprompt.eval import metrics as task_metrics
 from mmprompt.eval.evaluation import MAIN_METRIC, PREDICTORS
-from mmprompt.experiment.tune import resolve_data
+from mmprompt.experiment.tune import resolve_data, split_dataset
 from mmprompt.data.tasks import TASKS
 from mmprompt.experiment.profiles import SPLITS, get_profile
 from mmprompt.robustness.attack import attacked, epsilon_sweep
@@ -49,9 +49,7 @@ def evaluate_under_attack(backbone, model: torch.nn.Module, task: str, attack: C
         raise ValueError(f"task={task!r}: allowed {TASKS}")
     prof = get_profile(profile)
     split = split or SPLITS[task][0]
-    from mmprompt.data import split_path
-
-    dataset = backbone.make_dataset(task, split_path(resolve_data(prof, data_dir), task, split))
+    dataset = split_dataset(backbone, task, resolve_data(prof, data_dir), split, prof)
     settings = backbone.default_eval_settings(beam_size=prof.beam_size, progress=False,
                                               device=next(model.parameters()).device)
     n = min(len(dataset), examples or prof.eval_examples or len(dataset))

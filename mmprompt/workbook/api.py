@@ -128,13 +128,13 @@ def example_batch(backbone, task: str, profile: str, data_dir: str | os.PathLike
     """The first ``n`` validation examples of ``task`` collated into one batch on the backbone's device."""
     import torch
 
-    from mmprompt.data import split_path
-    from mmprompt.experiment.tune import resolve_data
     from mmprompt.experiment.profiles import SPLITS, get_profile
+    from mmprompt.experiment.tune import resolve_data, split_dataset
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: must be an integer >= 1")
-    dataset = backbone.make_dataset(task, split_path(resolve_data(get_profile(profile), data_dir), task, SPLITS[task][0]))
+    prof = get_profile(profile)
+    dataset = split_dataset(backbone, task, resolve_data(prof, data_dir), SPLITS[task][0], prof)
     batch = dataset.collater([dataset[i] for i in range(min(n, len(dataset)))])
     device = next(backbone.model.parameters()).device
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
