@@ -181,6 +181,7 @@ def test_vqa_fields_weights_objects_and_unlisted_answers(ofa, nano_tokenizer):
     batch = collate_batch([ds[i] for i in range(3)])
     assert batch["loss_weights"].tolist() == pytest.approx([1.0, 0.9, 1.0])
     assert batch["ids"] == ["262148000", "262148001", "262148002"]
+    assert "loss_weight" not in _dataset(ofa["vqa"], "vqa", "val", tok)[0]  # held-out losses stay unweighted
 
 
 def test_confidence_weights_scale_each_rows_token_losses():

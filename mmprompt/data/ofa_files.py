@@ -147,8 +147,8 @@ def ofa_dataset_kwargs(task: str, split: str, data_dir: str | os.PathLike | None
     kwargs: dict[str, Any] = {}
     if task == "refcoco":
         kwargs["max_image_size"] = 512  # tasks/mm_tasks/refcoco.py: max_image_size default
-    if task == "vqa":
-        kwargs.update(confidence_weights=True, keep_unlisted=True)
+    if task == "vqa":  # confidences weight the training loss only (held-out losses stay plain token means)
+        kwargs.update(confidence_weights=split == "train", keep_unlisted=True)
     if task == "caption" and split != "train":
         kwargs["id_column"] = "image_id"  # OFA's caption evaluation selects columns 1,4,2
         cache = extra_file(data_dir, task, "cider_df") if (data_dir is not None and split == "val") else None
