@@ -89,7 +89,7 @@ for d in refcocoplus refcocog; do
 done
 
 COMMANDS=()
-# add NOTEBOOK SIZE DATA PARAMS...: one `mmprompt.workbook.runs sweep` command
+# add NOTEBOOK SIZE DATA PARAMS...: one `python -m mmprompt.runs sweep` command
 add() {
     local nb="$1" size="$2" data="$3"; shift 3
     local cmd
@@ -129,7 +129,7 @@ for cmd in "${COMMANDS[@]}"; do
     eval "$cmd" || { echo "reproduce_paper.sh: FAILED (status $?): $cmd" >&2; failed=$((failed + 1)); }
 done
 if [[ $failed -gt 0 ]]; then
-    echo "reproduce_paper.sh: $failed of ${#COMMANDS[@]} command(s) had failed runs; see the *.failed/ directories under $OUT" >&2
+    echo "reproduce_paper.sh: $failed of ${#COMMANDS[@]} command(s) had failed runs; see the _failed/ directories under $OUT/<notebook>/" >&2
     exit 1
 fi
 echo "reproduce_paper.sh: all ${#COMMANDS[@]} command(s) ok; notebooks/10_paper_reproduction.ipynb compares them with the paper (it reads <runs_root>/gpu)" >&2

@@ -1,7 +1,7 @@
 """Plumbing shared by the numbered notebooks: parameter rules, per-profile grids, sanity checks and the
 metrics layout every notebook saves.
 
-* :func:`validate` checks a notebook's parameters (the common ones of :mod:`mmprompt.workbook.runs` plus the
+* :func:`validate` checks a notebook's parameters (the common ones of :mod:`mmprompt.workbook.params` plus the
   workbook's knobs in :data:`RULES`) and raises ONE ``ValueError`` listing every bad value;
 * :func:`grid` gives a sweep's points for a profile (2-3 points at ``ci``, the paper's grid otherwise);
 * :func:`check_result` asserts what must hold for any tuning run (finite metrics in range, sane counts);
