@@ -303,8 +303,8 @@ def test_wide_tables_are_transposed_and_repeated_parameters_dropped():
 
 def test_run_ids_can_never_name_the_failure_folder():
     """Failure records live in ``_failed/``: every run id is ``default`` or holds ``name-value`` pairs."""
-    for params in ({}, {"_failed": 1}, {"x": "_failed"}, {"failed": ""}, {"a": "/"}, {"_": "-"}):
-        rid = run_id_for(params)
+    for given in ({}, {"_failed": 1}, {"x": "_failed"}, {"failed": ""}, {"a": "/"}, {"_": "-"}):
+        rid = run_id_for(given)
         assert rid != "_failed" and (rid == "default" or "-" in rid), rid
 
 

@@ -248,7 +248,7 @@ def test_bad_configs_raise_naming_the_field(factory, kwargs, field):
 
 def test_apply_method_rejects_unknown_configs_and_second_methods():
     model = tiny_bart()
-    with pytest.raises(ValueError, match="names no tuning method"):
+    with pytest.raises(ValueError, match="not a method config"):
         apply_method(model, {"length": 4})
     apply_method(model, BitFitConfig())
     with pytest.raises(ValueError, match="already has method 'bitfit'"):
@@ -256,3 +256,23 @@ def test_apply_method_rejects_unknown_configs_and_second_methods():
     assert isinstance(remove_method(model), BitFitConfig)
     with pytest.raises(ValueError, match="nothing to remove"):
         remove_method(model)
+
+
+def test_the_method_registry_is_the_one_list_of_methods():
+    """tune, the CLI, the profiles' learning rates and the notebook grids all use registered names only."""
+    from mmprompt.experiment.cli import build_parser
+    from mmprompt.experiment.profiles import GPU_LR, NANO_LR
+    from mmprompt.experiment.tune import resolve_method
+    from mmprompt.tuning.registry import METHODS, method_spec, trained_methods
+    from mmprompt.workbook.api import GRIDS
+
+    assert set(NANO_LR) == set(GPU_LR) == set(trained_methods()) == set(METHODS) - {"zero-shot"}
+    for name, spec in METHODS.items():
+        assert resolve_method(name)[0] == name and (spec.config is None or method_spec(spec.config()) is spec)
+    choices = next(a.choices for a in build_parser()._actions if a.dest == "method")
+    assert sorted(choices) == sorted(METHODS)
+    for grid in ("methods", "light_methods", "efficiency_methods"):
+        for names in GRIDS[grid].values():
+            assert set(names) <= set(METHODS), (grid, names)
+    with pytest.raises(ValueError, match="shallow_prompt.*allowed"):
+        method_spec("shallow_prompt")

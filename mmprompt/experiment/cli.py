@@ -37,7 +37,7 @@ def _recipe(text: str | None) -> dict[str, Any] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmprompt.experiment.tune import METHODS
+    from mmprompt.tuning.registry import METHODS
     from mmprompt.data.tasks import TASKS
     from mmprompt.experiment.profiles import PROFILES
 

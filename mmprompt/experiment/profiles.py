@@ -18,14 +18,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mmprompt.data.tasks import TASK_SPECS
+from mmprompt.tuning.baselines import FinetuneConfig
+from mmprompt.tuning.registry import learning_rates, method_spec, trained_methods
 
-#: Learning rates per method family on the nano backbones (cpu/ci profiles); the gpu profile uses the
-#: paper's (prefix 0.03, finetuning 3e-5 … 5e-5, see ``GPU_LR``).
-NANO_LR = {"prefix": 3e-2, "shallow": 3e-2, "finetune": 3e-4, "bitfit": 3e-3, "adapter": 1e-3, "lora": 1e-3}
-#: BitFit and Adapter: OFA's ``train_refcoco_{bitfit,adapter}.sh`` sweep lr {0.03, 5e-5, 1e-4} (as the prefix
-#: script); the paper gives no rate for them and which sweep value won is not published, so the largest
-#: non-prompt value, 1e-4, is used (UNCONFIRMED). LoRA (not in the paper) takes the same.
-GPU_LR = {"prefix": 3e-2, "shallow": 3e-2, "finetune": 5e-5, "bitfit": 1e-4, "adapter": 1e-4, "lora": 1e-4}
+#: Learning rates per method on the nano backbones (ci/cpu profiles) and in the paper's recipe (gpu profile),
+#: from the method registry (where their sources are cited).
+NANO_LR = learning_rates("nano")
+GPU_LR = learning_rates("gpu")
 
 #: Validation split and test splits of each task (from the task registry).
 SPLITS = {name: (spec.val_split, spec.test_splits) for name, spec in TASK_SPECS.items()}
@@ -191,7 +190,8 @@ GPU_TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "finetune@base": dict(steps=None, epochs=15, warmup_steps=None, warmup_ratio=0.04, drop_path_rate=0.1),
     },
 }
-PROMPT_FAMILIES = ("prefix", "shallow", "bitfit", "adapter", "lora")
+#: Methods that take the gpu recipe's "prompt" entry (every trained method but finetuning).
+PROMPT_FAMILIES = tuple(m for m in trained_methods() if m != FinetuneConfig.method)
 
 #: Named recipes (Profile field values applied over the gpu profile's task recipe): OFA's own scripts.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -231,7 +231,7 @@ def gpu_recipe(task: str, family: str, size: str | None = None) -> dict[str, Any
     entries = GPU_TASK_DEFAULTS[task]
     fields = {**entries[kind], **(entries.get(f"{kind}@{size}", {}) if size else {})}
     lr = fields.pop("lr", None)
-    if lr is not None and family in ("prefix", "shallow", "finetune"):
+    if lr is not None and (family == FinetuneConfig.method or method_spec(family).takes_prompt_length):
         fields["lr"] = {**GPU_LR, family: lr}
     return fields
 

@@ -39,31 +39,10 @@ from mmprompt.data.tasks import TASKS
 from mmprompt.experiment.profiles import SPLITS, Profile, get_profile, named_recipe, resolve_profile
 from mmprompt.training import TrainConfig, train
 from mmprompt.training.distributed import init_distributed, is_main_process
-from mmprompt.tuning import (
-    AdapterConfig,
-    BitFitConfig,
-    FinetuneConfig,
-    LoRAConfig,
-    PrefixConfig,
-    ShallowPromptConfig,
-    apply_method,
-    count_parameters,
-)
+from mmprompt.tuning import FinetuneConfig, apply_method, count_parameters
+from mmprompt.tuning.registry import method_spec
 
 logger = logging.getLogger(__name__)
-
-#: Method names accepted by :func:`tune` and their config classes (None: no training).
-METHODS: dict[str, type | None] = {
-    "zero-shot": None,
-    "prefix": PrefixConfig,
-    "shallow": ShallowPromptConfig,
-    "finetune": FinetuneConfig,
-    "bitfit": BitFitConfig,
-    "adapter": AdapterConfig,
-    "lora": LoRAConfig,
-}
-_FAMILY = {cls: name for name, cls in METHODS.items() if cls is not None}
-
 
 @dataclass
 class TuneResult:
@@ -99,16 +78,11 @@ class TuneResult:
 
 
 def resolve_method(method: str | object) -> tuple[str, object | None]:
-    """(name, config) from a method name (default config) or a method config object."""
-    if isinstance(method, str):
-        if method not in METHODS:
-            raise ValueError(f"method={method!r}: allowed {sorted(METHODS)} or a method config object")
-        cls = METHODS[method]
-        return method, (cls() if cls is not None else None)
-    name = _FAMILY.get(type(method))
-    if name is None:
-        raise ValueError(f"method={method!r}: not a method config; allowed {[c.__name__ for c in _FAMILY]}")
-    return name, method
+    """(name, config) from a registered method name (its default config) or a method config object."""
+    spec = method_spec(method)
+    if not isinstance(method, str):
+        return spec.name, method
+    return spec.name, (spec.config() if spec.config is not None else None)
 
 
 def resolve_data(profile: Profile, data_dir: str | os.PathLike | None) -> Path:
@@ -193,9 +167,9 @@ def model_size(backbone) -> str | None:
 
 def _named_config(name: str, config: object, profile: Profile) -> object:
     """A method given by name takes the profile's prompt length / finetuning embedding freeze."""
-    if name in ("prefix", "shallow"):
+    if method_spec(name).takes_prompt_length:
         return dataclasses.replace(config, length=profile.prompt_length)
-    if name == "finetune":
+    if name == FinetuneConfig.method:
         return dataclasses.replace(config, freeze_token_embeddings=profile.freeze_token_embeddings)
     return config
 
@@ -241,7 +215,8 @@ def tune(backbone, task: str, method: str | object = "prefix", *, profile: str =
          progress: bool = True, recipe: dict[str, Any] | str | None = None) -> TuneResult:
     """Tune a copy of ``backbone.model`` on ``task`` with ``method`` and score it.
 
-    ``method``: a name from :data:`METHODS` or a config (e.g. ``PrefixConfig(length=16, depth=3)``).
+    ``method``: a name from the method registry (:data:`mmprompt.tuning.registry.METHODS`) or a config
+    (e.g. ``PrefixConfig(length=16, depth=3)``).
     ``steps``/``batch_size`` (per process)/``eval_examples`` override the profile; ``lr`` the profile's rate
     for the method family; ``recipe`` any other :class:`~mmprompt.experiment.profiles.Profile` field (e.g.
     ``{"epochs": 50, "effective_batch_size": 256, "image_size": 384, "ema_decay": None}``; None sets None) or

@@ -13,6 +13,8 @@ backbone; set it False to reproduce OFA's init. Trainable parameters per layer: 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import logging
 from dataclasses import dataclass
 
@@ -24,13 +26,14 @@ from mmprompt.tuning.sites import STACKS, discover_sites
 
 logger = logging.getLogger(__name__)
 
-METHOD_NAME = "adapter"
 
 
 @dataclass
 class AdapterConfig:
     """dim: bottleneck size (OFA's RefCOCO script: 100; OFA's default: 200). stacks: which stacks get
     adapters (default both, as in the paper)."""
+
+    method: ClassVar[str] = "adapter"  # the name in the method registry
 
     dim: int = 100
     zero_init_up: bool = True
@@ -78,7 +81,7 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> st.MethodHandle:
     """Insert an adapter after ``fc2`` in every layer of the chosen stacks; only adapters train."""
     if not isinstance(config, AdapterConfig):
         raise ValueError(f"config must be an AdapterConfig, got {type(config).__name__}")
-    st.ensure_free(model, METHOD_NAME)
+    st.ensure_free(model, AdapterConfig.method)
     backbone = discover_sites(model)
     layers = []
     for stack in config.stacks:
@@ -92,7 +95,7 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> st.MethodHandle:
                 raise ValueError(f"layer {path!r} already has an attribute `adapter`")
             layers.append((path, layer))
     gen = torch.Generator().manual_seed(config.seed)
-    state = st.begin(model, METHOD_NAME, config)
+    state = st.begin(model, AdapterConfig.method, config)
     inserted = {}
     for path, layer in layers:
         fc2 = layer.fc2
@@ -104,7 +107,7 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> st.MethodHandle:
         inserted[f"{path}.adapter"] = adapter
     st.freeze_all_but(model, state, lambda name, _: ".adapter." in f".{name}")
     st.freeze_batchnorm(model, state)
-    state.handle = st.MethodHandle(model, METHOD_NAME, inserted)
+    state.handle = st.MethodHandle(model, AdapterConfig.method, inserted)
     logger.info("adapters (dim %d) in %d layers", config.dim, len(inserted))
     return state.handle
 

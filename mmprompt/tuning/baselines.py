@@ -18,6 +18,8 @@ BitFit rules (``BitFitConfig.rule``):
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import logging
 from dataclasses import dataclass
 
@@ -36,6 +38,8 @@ class FinetuneConfig:
     """Everything trains. ``freeze_token_embeddings`` freezes the (tied) token embedding, as OFA does for
     VQA and captioning; ``freeze_batchnorm`` keeps BatchNorm statistics fixed (OFA's --freeze-resnet)."""
 
+    method: ClassVar[str] = "finetune"  # the name in the method registry
+
     freeze_token_embeddings: bool = False
     freeze_batchnorm: bool = False
 
@@ -48,6 +52,8 @@ class FinetuneConfig:
 @dataclass
 class BitFitConfig:
     """Bias-only training; see the module docstring for what each ``rule`` covers."""
+
+    method: ClassVar[str] = "bitfit"  # the name in the method registry
 
     rule: str = "ofa"
 
@@ -70,13 +76,13 @@ def apply_finetune(model: nn.Module, config: FinetuneConfig) -> st.MethodHandle:
     """Make every parameter trainable (minus the options)."""
     if not isinstance(config, FinetuneConfig):
         raise ValueError(f"config must be a FinetuneConfig, got {type(config).__name__}")
-    st.ensure_free(model, "finetune")
+    st.ensure_free(model, FinetuneConfig.method)
     frozen = st.input_embeddings(model).weight if config.freeze_token_embeddings else None
-    state = st.begin(model, "finetune", config)
+    state = st.begin(model, FinetuneConfig.method, config)
     st.freeze_all_but(model, state, lambda _name, param: param is not frozen)
     if config.freeze_batchnorm:
         st.freeze_batchnorm(model, state)
-    state.handle = st.MethodHandle(model, "finetune")
+    state.handle = st.MethodHandle(model, FinetuneConfig.method)
     return state.handle
 
 
@@ -84,11 +90,11 @@ def apply_bitfit(model: nn.Module, config: BitFitConfig) -> st.MethodHandle:
     """Train only the biases selected by ``config.rule``; BatchNorm statistics stay fixed."""
     if not isinstance(config, BitFitConfig):
         raise ValueError(f"config must be a BitFitConfig, got {type(config).__name__}")
-    st.ensure_free(model, "bitfit")
+    st.ensure_free(model, BitFitConfig.method)
     if not any(bitfit_selects(name, config.rule) for name, _ in model.named_parameters()):
         raise ValueError(f"BitFit rule {config.rule!r} selects no parameter of {type(model).__name__}")
-    state = st.begin(model, "bitfit", config)
+    state = st.begin(model, BitFitConfig.method, config)
     st.freeze_all_but(model, state, lambda name, _param: bitfit_selects(name, config.rule))
     st.freeze_batchnorm(model, state)
-    state.handle = st.MethodHandle(model, "bitfit")
+    state.handle = st.MethodHandle(model, BitFitConfig.method)
     return state.handle

@@ -12,6 +12,8 @@ attention, and in the decoder also cross-attention when ``cross_attention`` is T
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import logging
 import math
 from dataclasses import dataclass
@@ -24,7 +26,6 @@ from mmprompt.tuning.sites import STACKS, discover_sites
 
 logger = logging.getLogger(__name__)
 
-METHOD_NAME = "lora"
 ATTENTION_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
 FFN_TARGETS: tuple[str, ...] = ("fc1", "fc2")
 TARGETS: tuple[str, ...] = ATTENTION_TARGETS + FFN_TARGETS
@@ -32,6 +33,7 @@ TARGETS: tuple[str, ...] = ATTENTION_TARGETS + FFN_TARGETS
 
 @dataclass
 class LoRAConfig:
+    method: ClassVar[str] = "lora"  # the name in the method registry
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
@@ -108,10 +110,10 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> st.MethodHandle:
     """Add LoRA branches to the targeted projections; only they train."""
     if not isinstance(config, LoRAConfig):
         raise ValueError(f"config must be a LoRAConfig, got {type(config).__name__}")
-    st.ensure_free(model, METHOD_NAME)
+    st.ensure_free(model, LoRAConfig.method)
     targets = _targets(model, config)
     gen = torch.Generator().manual_seed(config.seed)
-    state = st.begin(model, METHOD_NAME, config)
+    state = st.begin(model, LoRAConfig.method, config)
     inserted = {}
     for path, linear in targets:
         lora = LoRA(linear.in_features, linear.out_features, config.rank, config.scaling, config.dropout)
@@ -124,7 +126,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> st.MethodHandle:
         inserted[f"{path}.lora"] = lora
     st.freeze_all_but(model, state, lambda name, _: ".lora." in name)
     st.freeze_batchnorm(model, state)
-    state.handle = st.MethodHandle(model, METHOD_NAME, inserted)
+    state.handle = st.MethodHandle(model, LoRAConfig.method, inserted)
     logger.info("LoRA rank %d on %d projections", config.rank, len(inserted))
     return state.handle
 

@@ -7,27 +7,19 @@ statistics included, except plain finetuning), so a training loop only needs the
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch.nn as nn
 
 from mmprompt.tuning import state as st
-from mmprompt.tuning.adapter import AdapterConfig, apply_adapter
-from mmprompt.tuning.baselines import BitFitConfig, FinetuneConfig, apply_bitfit, apply_finetune
-from mmprompt.tuning.lora import LoRAConfig, apply_lora
-from mmprompt.tuning.prefix import PrefixConfig, apply_prefix
-from mmprompt.tuning.shallow import ShallowPromptConfig, apply_shallow_prompt
+from mmprompt.tuning.adapter import AdapterConfig
+from mmprompt.tuning.baselines import BitFitConfig, FinetuneConfig
+from mmprompt.tuning.lora import LoRAConfig
+from mmprompt.tuning.prefix import PrefixConfig
+from mmprompt.tuning.registry import method_spec
+from mmprompt.tuning.shallow import ShallowPromptConfig
 
 MethodConfig = PrefixConfig | ShallowPromptConfig | FinetuneConfig | BitFitConfig | AdapterConfig | LoRAConfig
-
-_APPLY: dict[type, Callable[[nn.Module, Any], Any]] = {
-    PrefixConfig: apply_prefix,
-    ShallowPromptConfig: apply_shallow_prompt,
-    FinetuneConfig: apply_finetune,
-    BitFitConfig: apply_bitfit,
-    AdapterConfig: apply_adapter,
-    LoRAConfig: apply_lora,
-}
 
 
 def apply_method(model: nn.Module, config: MethodConfig) -> Any:
@@ -36,11 +28,10 @@ def apply_method(model: nn.Module, config: MethodConfig) -> Any:
     Prefix → :class:`~mmprompt.tuning.prefix.PrefixModule`; shallow prompt →
     :class:`~mmprompt.tuning.shallow.ShallowPrompt`; the others → :class:`~mmprompt.tuning.state.MethodHandle`.
     """
-    apply = _APPLY.get(type(config))
-    if apply is None:
-        allowed = ", ".join(t.__name__ for t in _APPLY)
-        raise ValueError(f"config of type {type(config).__name__} names no tuning method; allowed: {allowed}")
-    return apply(model, config)
+    spec = method_spec(config)
+    if spec.apply is None:
+        raise ValueError("zero-shot trains nothing: there is no method to apply")
+    return spec.apply(model, config)
 
 
 def remove_method(model: nn.Module) -> Any:

@@ -1,7 +1,7 @@
 """Trainable-parameter report.
 
 Parameters are grouped by what inserted them: ``prefix:<site>`` (``model.mmprompt_prefix``),
-``shallow_prompt``, ``adapter``, ``lora``, and ``backbone`` for everything else. Tied parameters count
+``shallow``, ``adapter``, ``lora``, and ``backbone`` for everything else. Tied parameters count
 once. ``fraction`` = trainable / total (all parameters, method included); ``fraction_of_backbone`` =
 trainable / backbone parameters, the paper's "~1 %" convention.
 """
@@ -19,7 +19,7 @@ def parameter_group(name: str) -> str:
     if name.startswith(PREFIX_MODULE + ".encoders."):
         return "prefix:" + name.split(".")[2]
     if name.startswith(SHALLOW_MODULE + "."):
-        return "shallow_prompt"
+        return "shallow"
     dotted = f".{name}"
     if ".adapter." in dotted:
         return "adapter"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -33,7 +33,6 @@ from mmprompt.tuning.sites import SITE_KINDS, STACKS, AttentionSite, BackboneSit
 
 logger = logging.getLogger(__name__)
 
-METHOD_NAME = "prefix"
 MODULE_NAME = "mmprompt_prefix"
 DEFAULT_SITES: tuple[str, ...] = ("encoder_self", "decoder_self")
 INITS = st.PROMPT_INITS
@@ -74,6 +73,8 @@ class PrefixConfig:
         embedding and the MLP keeps the normal init.
     seed: seeds the initialisation (independent of the global RNG).
     """
+
+    method: ClassVar[str] = "prefix"  # the name in the method registry
 
     length: int = 64
     sites: tuple[str, ...] = DEFAULT_SITES
@@ -394,7 +395,7 @@ def apply_prefix(model: nn.Module, config: PrefixConfig) -> PrefixModule:
     """
     if not isinstance(config, PrefixConfig):
         raise ValueError(f"config must be a PrefixConfig, got {type(config).__name__}")
-    st.ensure_free(model, METHOD_NAME)
+    st.ensure_free(model, PrefixConfig.method)
     backbone = discover_sites(model)
     plans = plan_sites(backbone, config)
     bank = PrefixModule(config, plans)
@@ -404,7 +405,7 @@ def apply_prefix(model: nn.Module, config: PrefixConfig) -> PrefixModule:
 
     hf_modules = [s.module for plan in plans.values() for s in plan.sites if hf.is_transformers_attention(s.module)]
     restore_impl = hf.enable(hf_modules)  # validates before changing anything
-    state = st.begin(model, METHOD_NAME, config)
+    state = st.begin(model, PrefixConfig.method, config)
     state.handle = bank
     state.undo.append(lambda: hf.disable(restore_impl))
     st.add_submodule(model, state, MODULE_NAME, bank)
@@ -436,7 +437,7 @@ def apply_prefix(model: nn.Module, config: PrefixConfig) -> PrefixModule:
 
 def remove_prefix(model: nn.Module) -> PrefixConfig:
     """Remove prefixes: the model is restored exactly (outputs, requires_grad, train-mode behaviour)."""
-    return st.remove_current(model, METHOD_NAME).config
+    return st.remove_current(model, PrefixConfig.method).config
 
 
 def prefix_module(model: nn.Module) -> PrefixModule:

@@ -16,6 +16,8 @@ right, as in every shallow prompt-tuning implementation.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import inspect
 import logging
 from dataclasses import dataclass
@@ -28,7 +30,6 @@ from mmprompt.tuning.sites import discover_sites
 
 logger = logging.getLogger(__name__)
 
-METHOD_NAME = "shallow_prompt"
 MODULE_NAME = "mmprompt_shallow"
 INITS = st.PROMPT_INITS
 
@@ -37,6 +38,8 @@ INITS = st.PROMPT_INITS
 class ShallowPromptConfig:
     """length: number of soft tokens (>= 1). init: "normal" = N(0, init_std); "vocab" = copies of the
     token embeddings of ``init_token_ids`` (or ids drawn uniformly with ``seed``, skipping padding)."""
+
+    method: ClassVar[str] = "shallow"  # the name in the method registry
 
     length: int = 64
     init: str = "normal"
@@ -154,7 +157,7 @@ def apply_shallow_prompt(model: nn.Module, config: ShallowPromptConfig) -> Shall
     """Prepend P trainable soft tokens to the encoder input; everything else is frozen."""
     if not isinstance(config, ShallowPromptConfig):
         raise ValueError(f"config must be a ShallowPromptConfig, got {type(config).__name__}")
-    st.ensure_free(model, METHOD_NAME)
+    st.ensure_free(model, ShallowPromptConfig.method)
     backbone = discover_sites(model)
     if "encoder" not in backbone.stacks:
         raise ValueError(f"{type(model).__name__} has no encoder stack for a shallow prompt")
@@ -175,7 +178,7 @@ def apply_shallow_prompt(model: nn.Module, config: ShallowPromptConfig) -> Shall
     reference = backbone.sites[0].module.q_proj.weight
     prompt.to(device=reference.device, dtype=reference.dtype)
 
-    state = st.begin(model, METHOD_NAME, config)
+    state = st.begin(model, ShallowPromptConfig.method, config)
     state.handle = prompt
     st.add_submodule(model, state, MODULE_NAME, prompt)
     st.freeze_all_but(model, state, lambda name, _: name.startswith(MODULE_NAME + "."))
@@ -190,4 +193,4 @@ def apply_shallow_prompt(model: nn.Module, config: ShallowPromptConfig) -> Shall
 
 def remove_shallow_prompt(model: nn.Module) -> ShallowPromptConfig:
     """Remove the shallow prompt and restore the model exactly."""
-    return st.remove_current(model, METHOD_NAME).config
+    return st.remove_current(model, ShallowPromptConfig.method).config

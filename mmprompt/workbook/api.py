@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mmprompt.data.tasks import TASKS
+from mmprompt.tuning.registry import METHODS, trained_methods
 from mmprompt.workbook.params import PROFILES, ParamRule, int_range, one_of, validate_params
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "score_table", "validate",
 ]
 
-METHOD_NAMES: tuple[str, ...] = ("zero-shot", "prefix", "shallow", "finetune", "bitfit", "adapter", "lora")
 
 
 # ------------------------------------------------------------------------------------------ rules
@@ -84,7 +84,7 @@ RULES: dict[str, ParamRule] = {
     "hidden": optional(int_range(1)),
     "epsilons": optional(number_list(0.0)),
     "space": one_of("embeds", "image_embeds", "text_embeds", "pixels"),
-    "methods": optional(choice_list(*METHOD_NAMES)),
+    "methods": optional(choice_list(*METHODS)),
     "tasks": optional(choice_list(*TASKS)),
     "steps": optional(int_range(1)),
     "examples": int_range(1),
@@ -142,6 +142,8 @@ def example_batch(backbone, task: str, profile: str, data_dir: str | os.PathLike
 
 # ------------------------------------------------------------------------------------------ grids
 _PAPER_LENGTHS = (10, 16, 32, 64, 100, 120)
+#: Every registered light-weight method, then finetuning (the reference they are measured against).
+_LIGHT_THEN_FINETUNE = (*(m for m in trained_methods() if m != "finetune"), "finetune")
 #: Sweep points per profile. ``ci`` keeps 2-3 points so every notebook runs in about a minute; ``cpu`` and
 #: ``gpu`` use the paper's grid (prompt lengths 10-120 and beyond).
 GRIDS: dict[str, dict[str, tuple]] = {
@@ -150,12 +152,8 @@ GRIDS: dict[str, dict[str, tuple]] = {
                  "gpu": (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)},
     "methods": {"ci": ("zero-shot", "prefix", "finetune"), "cpu": ("zero-shot", "prefix", "finetune"),
                 "gpu": ("prefix", "finetune")},
-    "light_methods": {"ci": ("prefix", "shallow", "bitfit", "adapter", "lora", "finetune"),
-                      "cpu": ("prefix", "shallow", "bitfit", "adapter", "lora", "finetune"),
-                      "gpu": ("prefix", "shallow", "bitfit", "adapter", "lora", "finetune")},
-    "efficiency_methods": {"ci": ("prefix", "finetune"),
-                           "cpu": ("prefix", "shallow", "bitfit", "adapter", "lora", "finetune"),
-                           "gpu": ("prefix", "shallow", "bitfit", "adapter", "lora", "finetune")},
+    "light_methods": {"ci": _LIGHT_THEN_FINETUNE, "cpu": _LIGHT_THEN_FINETUNE, "gpu": _LIGHT_THEN_FINETUNE},
+    "efficiency_methods": {"ci": ("prefix", "finetune"), "cpu": _LIGHT_THEN_FINETUNE, "gpu": _LIGHT_THEN_FINETUNE},
     "backbones": {"ci": ("ofa-nano-small", "ofa-nano"), "cpu": ("ofa-nano-small", "ofa-nano"),
                   "gpu": ("ofa-nano-small", "ofa-nano")},
     "pretrain_steps": {"ci": (6,), "cpu": (600,), "gpu": (600,)},
