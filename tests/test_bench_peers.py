@@ -17,7 +17,8 @@ def _one_thread():
 
 
 def test_probe_sees_exactly_the_prefixed_sites_layers_and_steps():
-    model = apply_mmprompt(build_bart("tiny"), 3, sites=("encoder_self", "decoder_cross"), depth=[1])
+    model = apply_mmprompt(build_bart("tiny"), 3, sites=("encoder_self", "decoder_cross"),
+                           layers={"encoder": [1], "decoder": [1]})
     model.eval()
     x = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(0))
     with AttentionProbe(model) as probe, torch.no_grad():

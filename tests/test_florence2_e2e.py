@@ -26,7 +26,8 @@ def _one_thread():
 def test_tiny_florence2_trains_evaluates_and_reloads_its_prompt(tmp_path, tiny_synthetic):
     model_dir = save_tiny_florence2(tmp_path / "florence2")
     backbone = florence2_backbone(model_dir)
-    config = PrefixConfig(length=4, sites=("encoder_self", "decoder_self", "decoder_cross"), reparam=16, dropout=0.0)
+    config = PrefixConfig(length=4, sites=("encoder_self", "decoder_self", "decoder_cross"), reparam=True,
+                          reparam_hidden=16, dropout=0.0)
     apply_prefix(backbone.model, config)
     train_set = backbone.make_dataset("refcoco", split_path(tiny_synthetic, "refcoco", "train"))
     result = train(backbone.model, train_set,

@@ -113,7 +113,7 @@ def test_removing_prefixes_restores_bit_identical_outputs(florence):
     with torch.no_grad():
         logits = model(**x, decoder_input_ids=torch.tensor([[2, 0, 5], [2, 0, 7]])).logits
     sequences = model.generate(**x, max_new_tokens=6)
-    apply_prefix(model, strong(reparam=8))
+    apply_prefix(model, strong(reparam=True, reparam_hidden=8))
     with torch.no_grad():
         during = model(**x, decoder_input_ids=torch.tensor([[2, 0, 5], [2, 0, 7]])).logits
     assert (during - logits).abs().max() > 1e-2
@@ -152,10 +152,10 @@ def test_gradients_reach_only_prefix_parameters(florence):
     assert any("vision_tower" in n for n, p in model.named_parameters() if not p.requires_grad)
 
 
-@pytest.mark.parametrize("reparam", [False, 12])
-def test_gradient_checkpointing_with_prefixes_gives_same_gradients(florence, reparam):
+@pytest.mark.parametrize("hidden", [None, 12])
+def test_gradient_checkpointing_with_prefixes_gives_same_gradients(florence, hidden):
     model = florence.model
-    apply_prefix(model, strong(reparam=reparam, init_std=0.5))
+    apply_prefix(model, strong(reparam=hidden is not None, reparam_hidden=hidden, init_std=0.5))
     model.train()
     batch = _target_batch(florence)
     plain = _batch_grads(model, batch)
@@ -169,12 +169,12 @@ def test_gradient_checkpointing_with_prefixes_gives_same_gradients(florence, rep
 
 
 @pytest.mark.parametrize(
-    "depth,depth_from,expected",
-    [(1, "top", [1]), ({"encoder": [0], "decoder": [1]}, "bottom", None), (None, "bottom", [0, 1])],
+    "choice,expected",
+    [({"depth": 1, "depth_from": "top"}, [1]), ({"layers": {"encoder": [0], "decoder": [1]}}, None), ({}, [0, 1])],
 )
-def test_depth_control_on_florence2(florence, depth, depth_from, expected):
+def test_depth_control_on_florence2(florence, choice, expected):
     model = florence.model
-    apply_prefix(model, strong(depth=depth, depth_from=depth_from))
+    apply_prefix(model, strong(**choice))
     with AttentionProbe(model) as probe, torch.no_grad():
         model(**inputs(florence), decoder_input_ids=torch.tensor([[2, 0, 5], [2, 0, 7]]))
     reached = probe.reached()
@@ -188,7 +188,7 @@ def test_depth_control_on_florence2(florence, depth, depth_from, expected):
 def test_one_prefix_config_on_bart_and_florence2_alike(florence, tmp_path):
     """Same PrefixConfig: same layers and parameter count, fold keeps outputs, prompts round-trip, and a
     prompt refuses a backbone it was not trained on."""
-    config = PrefixConfig(length=4, sites=ALL_SITES, depth=1, depth_from="top", reparam=8, dropout=0.0,
+    config = PrefixConfig(length=4, sites=ALL_SITES, depth=1, depth_from="top", reparam=True, reparam_hidden=8, dropout=0.0,
                           init_std=0.5)
     bart = tiny_bart(d_model=32, layers=2, heads=2)
     banks = {"bart": apply_prefix(bart, config), "florence2": apply_prefix(florence.model, config)}

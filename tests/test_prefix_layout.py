@@ -18,8 +18,8 @@ def model():
 CONFIGS = [
     PrefixConfig(length=5),
     PrefixConfig(length=3, depth=1, depth_from="top", sites=("encoder_self", "decoder_cross")),
-    PrefixConfig(length=4, reparam=16),
-    PrefixConfig(length=2, reparam=True, depth=[0], sites=("decoder_self",)),
+    PrefixConfig(length=4, reparam=True, reparam_hidden=16),
+    PrefixConfig(length=2, reparam=True, layers={"decoder": [0]}, sites=("decoder_self",)),
 ]
 
 

@@ -41,10 +41,10 @@ def _logits(model):
         return model(input_ids=x, decoder_input_ids=torch.tensor([[2, 11, 12]])).logits
 
 
-@pytest.mark.parametrize("reparam", [False, 8])
-def test_round_trip_restores_outputs_and_stores_only_prompt(tmp_path, reparam):
+@pytest.mark.parametrize("hidden", [None, 8])
+def test_round_trip_restores_outputs_and_stores_only_prompt(tmp_path, hidden):
     model = tiny_bart()
-    bank = _trained_prompt(model, reparam=reparam, depth=1, depth_from="top")
+    bank = _trained_prompt(model, reparam=hidden is not None, reparam_hidden=hidden, depth=1, depth_from="top")
     expected = _logits(model)
     save_prompt(model, tmp_path)
     tensors = load_file(str(tmp_path / WEIGHTS_FILE))
@@ -62,10 +62,10 @@ def test_round_trip_restores_outputs_and_stores_only_prompt(tmp_path, reparam):
 
 def test_folded_save_is_a_flat_table_with_the_same_outputs(tmp_path):
     model = tiny_bart()
-    _trained_prompt(model, reparam=8)
+    _trained_prompt(model, reparam=True, reparam_hidden=8)
     expected = _logits(model)
     save_prompt(model, tmp_path, fold=True)
-    assert model.mmprompt_prefix.config.reparam == 8  # the live module is unchanged
+    assert model.mmprompt_prefix.config.reparam_hidden == 8  # the live module is unchanged
     tensors = load_file(str(tmp_path / WEIGHTS_FILE))
     assert all(k.endswith("embedding.weight") for k in tensors) and len(tensors) == 3
     fresh = tiny_bart()

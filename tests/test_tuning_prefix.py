@@ -134,10 +134,10 @@ def _prefix_grads(model, x, y):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("reparam", [False, 24])
-def test_gradient_checkpointing_gives_same_gradients(backbone, reparam):
+@pytest.mark.parametrize("hidden", [None, 24])
+def test_gradient_checkpointing_gives_same_gradients(backbone, hidden):
     model = backbone()
-    apply_prefix(model, strong(reparam=reparam, init_std=0.5))
+    apply_prefix(model, strong(reparam=hidden is not None, reparam_hidden=hidden, init_std=0.5))
     model.train()
     x, y = batch(6)
     plain = _prefix_grads(model, x, y)
@@ -206,18 +206,18 @@ def _record_prefixed_calls(model):
 
 
 @pytest.mark.parametrize(
-    "depth,depth_from,expected_enc,expected_dec",
+    "choice,expected_enc,expected_dec",
     [
-        (None, "bottom", [0, 1, 2], [0, 1, 2]),
-        (1, "bottom", [0], [0]),
-        (2, "top", [1, 2], [1, 2]),
-        ([0, 2], "bottom", [0, 2], [0, 2]),
-        ({"encoder": [1], "decoder": [0, 2]}, "bottom", [1], [0, 2]),
+        ({}, [0, 1, 2], [0, 1, 2]),
+        ({"depth": 1}, [0], [0]),
+        ({"depth": 2, "depth_from": "top"}, [1, 2], [1, 2]),
+        ({"layers": {"encoder": [0, 2], "decoder": [0, 2]}}, [0, 2], [0, 2]),
+        ({"layers": {"encoder": [1], "decoder": [0, 2]}}, [1], [0, 2]),
     ],
 )
-def test_depth_selection_hits_exactly_the_intended_layers(depth, depth_from, expected_enc, expected_dec):
+def test_depth_selection_hits_exactly_the_intended_layers(choice, expected_enc, expected_dec):
     model = tiny_bart(layers=3)
-    bank = apply_prefix(model, strong(depth=depth, depth_from=depth_from))
+    bank = apply_prefix(model, strong(**choice))
     calls = _record_prefixed_calls(model)
     x, y = batch(8)
     with torch.no_grad():
@@ -235,10 +235,10 @@ def test_depth_beyond_the_stack_is_a_clear_error():
     model = tiny_bart(layers=6)
     with pytest.raises(ValueError, match=r"depth=7 exceeds the encoder stack's 6 layers"):
         apply_prefix(model, PrefixConfig(depth=7))
-    with pytest.raises(ValueError, match="lists layer 6"):
-        apply_prefix(model, PrefixConfig(depth=[0, 6]))
+    with pytest.raises(ValueError, match="list layer 6, but it has 6 layers"):
+        apply_prefix(model, PrefixConfig(layers={"encoder": [0, 6], "decoder": [0]}))
     with pytest.raises(ValueError, match="no entry for the decoder stack"):
-        apply_prefix(model, PrefixConfig(depth={"encoder": [0]}))
+        apply_prefix(model, PrefixConfig(layers={"encoder": [0]}))
     assert not hasattr(model, "mmprompt_prefix")  # nothing was changed
     assert all(p.requires_grad for p in model.parameters())
 
@@ -253,7 +253,11 @@ def test_depth_beyond_the_stack_is_a_clear_error():
         ({"depth": [1, 1]}, "depth"),
         ({"depth": {"middle": [0]}}, "depth"),
         ({"depth_from": "left"}, "depth_from"),
-        ({"reparam": -3}, "reparam"),
+        ({"reparam": 16}, "reparam_hidden"),
+        ({"reparam": True, "reparam_hidden": 0}, "reparam_hidden"),
+        ({"reparam_hidden": 8}, "needs reparam=True"),
+        ({"depth": [0, 1]}, "layers="),
+        ({"depth": 2, "layers": {"encoder": [0]}}, "give one of them"),
         ({"dropout": 1.0}, "dropout"),
         ({"init": "zeros"}, "init"),
         ({"init_token_ids": (1, 2)}, "init_token_ids"),
@@ -266,7 +270,7 @@ def test_bad_prefix_configs_raise_naming_the_field(kwargs, field):
 
 def test_fold_gives_identical_outputs_and_flat_parameter_count():
     model = tiny_bart()
-    bank = apply_prefix(model, strong(reparam=32, init_std=0.3))
+    bank = apply_prefix(model, strong(reparam=True, reparam_hidden=32, init_std=0.3))
     x, y = batch(9)
     L, P, kv, d, h = 2, 4, 16, 16, 32
     width = L * 2 * kv

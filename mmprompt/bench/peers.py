@@ -342,7 +342,7 @@ def _perturb(params: list[nn.Parameter]) -> None:
 def _probe_folding_mmprompt(length: int, inputs: dict) -> str:
     from mmprompt.tuning import count_parameters, fold, prefix_module
 
-    model = apply_mmprompt(build_bart("tiny", 0), length, sites=KINDS, reparam=8)
+    model = apply_mmprompt(build_bart("tiny", 0), length, sites=KINDS, reparam=True, reparam_hidden=8)
     _perturb(_trainable(model))
     model.eval()
     before_params = count_parameters(model)["trainable"]

@@ -92,7 +92,7 @@ def save_prompt(model: nn.Module, directory: str | os.PathLike, *, fold: bool = 
     config = bank.config
     if fold and config.reparam:
         tensors = {f"encoders.{k}.embedding.weight": t for k, t in bank.tables().items()}
-        config = PrefixConfig.from_dict({**config.to_dict(), "reparam": False})
+        config = PrefixConfig.from_dict({**config.to_dict(), "reparam": False, "reparam_hidden": None})
     else:
         tensors = {k: v.detach().clone() for k, v in bank.state_dict().items()}
     tensors = {k: v.to("cpu").contiguous() for k, v in tensors.items()}

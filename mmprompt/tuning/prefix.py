@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 MODULE_NAME = "mmprompt_prefix"
 DEFAULT_SITES: tuple[str, ...] = ("encoder_self", "decoder_self")
-INITS = st.PROMPT_INITS
 DEPTH_FROM: tuple[str, ...] = ("bottom", "top")
 
 
@@ -50,42 +49,36 @@ def _check_layer_list(name: str, layers: Any) -> tuple[int, ...]:
 
 
 @dataclass
-class PrefixConfig:
+class PrefixConfig(st.PromptInit):
     """Prefix-tuning settings, validated at construction.
 
     length: prompt length P (>= 1). The paper recommends 64.
     sites: subset of ("encoder_self", "decoder_self", "decoder_cross"); default the paper's two.
-    depth: which layers of each stack get prefixes. ``None`` = every layer (the paper); an int k = k
-        layers counted from ``depth_from`` ("bottom" = layers 0..k-1, "top" = the last k); a list = those
-        layer indices in every targeted stack; a dict {"encoder": [...], "decoder": [...]} = explicit
-        lists per stack. Checked against the real stack depth when applied.
-    reparam: False (flat table, OFA's default) or the hidden size h of the MLP reparameterisation;
-        True means OFA's default h = 2·d_model.
+    depth, depth_from: how many layers of each stack get prefixes — None = every layer (the paper); an int
+        k = k layers counted from ``depth_from`` ("bottom" = layers 0..k-1, "top" = the last k).
+    layers: instead of ``depth``, the explicit layer indices per stack, e.g. ``{"encoder": [0, 1],
+        "decoder": [5]}``. Both are checked against the real stack depths when applied.
+    reparam: train the prefixes through OFA's MLP reparameterisation (folded away after training) instead
+        of a flat table (OFA's default). reparam_hidden: the MLP's hidden size; None = OFA's 2·d_model.
     dropout: dropout on the prefix table while training. Default 0.2 = OFA's hard-coded value (one mask
         per forward pass, shared by the batch).
-    init: "normal" = N(0, init_std) for every prompt parameter (OFA's BERT init). "vocab" = start from
-        token embeddings: P token ids (``init_token_ids``, e.g. frequent tokens, else drawn uniformly
-        without replacement with ``seed``, skipping the padding id) are embedded with the backbone's
-        token embedding, layer-normalised without affine (zero mean, unit variance, like the normalised
-        hidden states attention layers project), and passed through each targeted layer's own
-        ``k_proj``/``v_proj``; the results fill that layer's key/value slots, so prefixes start
-        in-distribution. With ``reparam`` the normalised embeddings initialise the MLP's input
-        embedding and the MLP keeps the normal init.
-    seed: seeds the initialisation (independent of the global RNG).
+    init (from :class:`~mmprompt.tuning.state.PromptInit`): "normal" = N(0, init_std) for every prompt
+        parameter (OFA's BERT init). "vocab" = P token ids (``init_token_ids``, else drawn with ``seed``) are
+        embedded with the backbone's token embedding, layer-normalised without affine, and passed through
+        each targeted layer's own ``k_proj``/``v_proj``, so prefixes start in-distribution. With ``reparam``
+        the normalised embeddings initialise the MLP's input embedding and the MLP keeps the normal init.
     """
 
     method: ClassVar[str] = "prefix"  # the name in the method registry
 
     length: int = 64
     sites: tuple[str, ...] = DEFAULT_SITES
-    depth: int | list[int] | dict[str, list[int]] | None = None
+    depth: int | None = None
     depth_from: str = "bottom"
-    reparam: int | bool = False
+    layers: dict[str, tuple[int, ...]] | None = None
+    reparam: bool = False
+    reparam_hidden: int | None = None
     dropout: float = 0.2
-    init: str = "normal"
-    init_std: float = 0.02
-    init_token_ids: tuple[int, ...] | None = None
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
@@ -95,61 +88,60 @@ class PrefixConfig:
         if bad or not sites or len(set(sites)) != len(sites):
             raise ValueError(f"sites={self.sites!r}: must be a non-empty set of distinct values from {SITE_KINDS}")
         self.sites = tuple(s for s in SITE_KINDS if s in sites)
-        self.depth = self._checked_depth(self.depth)
+        self._check_depth()
+        if not isinstance(self.reparam, bool):
+            raise ValueError(f"reparam={self.reparam!r}: must be True or False (the hidden size is reparam_hidden)")
+        if self.reparam_hidden is not None:
+            if isinstance(self.reparam_hidden, bool) or not isinstance(self.reparam_hidden, int) or self.reparam_hidden < 1:
+                raise ValueError(f"reparam_hidden={self.reparam_hidden!r}: must be None (2·d_model) or an integer >= 1")
+            if not self.reparam:
+                raise ValueError(f"reparam_hidden={self.reparam_hidden!r} needs reparam=True")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout!r}: must be a number in [0, 1)")
+        self._check_init(self.length)
+
+    def _check_depth(self) -> None:
         if self.depth_from not in DEPTH_FROM:
             raise ValueError(f"depth_from={self.depth_from!r}: allowed {DEPTH_FROM}")
-        if self.reparam is not True and self.reparam is not False and self.reparam is not None:
-            if not isinstance(self.reparam, int) or self.reparam < 1:
-                raise ValueError(f"reparam={self.reparam!r}: allowed False, True (h = 2·d_model) or a hidden size >= 1")
-        if self.reparam is None:
-            self.reparam = False
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout!r}: must be a float in [0, 1)")
-        st.check_prompt_init(self)
+        if self.depth is not None and (isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1):
+            raise ValueError(f"depth={self.depth!r}: must be None (every layer) or an integer >= 1; "
+                             "for explicit layer lists use layers={'encoder': [...], 'decoder': [...]}")
+        if self.layers is None:
+            return
+        if self.depth is not None:
+            raise ValueError(f"depth={self.depth!r} and layers={self.layers!r}: give one of them")
+        if not isinstance(self.layers, dict) or not self.layers or any(k not in STACKS for k in self.layers):
+            raise ValueError(f"layers={self.layers!r}: a dict from stacks {STACKS} to lists of layer indices")
+        self.layers = {k: _check_layer_list(f"layers[{k!r}]", v) for k, v in self.layers.items()}
 
-    @staticmethod
-    def _checked_depth(depth: Any) -> Any:
-        if depth is None:
+    def hidden_size(self, d_model: int) -> int | None:
+        """The reparameterisation MLP's hidden size on a backbone of width ``d_model`` (None: flat table)."""
+        if not self.reparam:
             return None
-        if isinstance(depth, int) and not isinstance(depth, bool):
-            if depth < 1:
-                raise ValueError(f"depth={depth!r}: must be >= 1 (or None for every layer)")
-            return depth
-        if isinstance(depth, (list, tuple)):
-            return _check_layer_list("depth", depth)
-        if isinstance(depth, dict):
-            bad = [k for k in depth if k not in STACKS]
-            if bad or not depth:
-                raise ValueError(f"depth={depth!r}: dict keys must be stacks from {STACKS}")
-            return {k: _check_layer_list(f"depth[{k!r}]", v) for k, v in depth.items()}
-        raise ValueError(f"depth={depth!r}: allowed None, an int >= 1, a list of layers, or a dict stack -> list")
+        return self.reparam_hidden if self.reparam_hidden is not None else 2 * d_model
 
     def layers_for(self, stack: str, n_layers: int) -> list[int]:
         """The layer indices of a stack with ``n_layers`` layers that receive prefixes."""
-        depth = self.depth
-        if depth is None:
+        if self.layers is not None:
+            chosen = self.layers.get(stack)
+            if chosen is None:
+                raise ValueError(f"layers={self.layers!r} has no entry for the {stack} stack, which the sites "
+                                 f"{self.sites} use")
+            if max(chosen) >= n_layers:
+                raise ValueError(f"layers for the {stack} stack list layer {max(chosen)}, but it has {n_layers} "
+                                 f"layers (0..{n_layers - 1})")
+            return list(chosen)
+        if self.depth is None:
             return list(range(n_layers))
-        if isinstance(depth, int):
-            if depth > n_layers:
-                raise ValueError(f"depth={depth} exceeds the {stack} stack's {n_layers} layers; allowed 1..{n_layers}")
-            return list(range(depth)) if self.depth_from == "bottom" else list(range(n_layers - depth, n_layers))
-        layers = depth.get(stack) if isinstance(depth, dict) else depth
-        if layers is None:
-            raise ValueError(f"depth={depth!r} has no entry for the {stack} stack, which the sites {self.sites} use")
-        if max(layers) >= n_layers:
-            raise ValueError(
-                f"depth for the {stack} stack lists layer {max(layers)}, but it has {n_layers} layers "
-                f"(0..{n_layers - 1})"
-            )
-        return list(layers)
+        if self.depth > n_layers:
+            raise ValueError(f"depth={self.depth} exceeds the {stack} stack's {n_layers} layers; allowed 1..{n_layers}")
+        return list(range(self.depth)) if self.depth_from == "bottom" else list(range(n_layers - self.depth, n_layers))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["sites"] = list(self.sites)
-        if isinstance(self.depth, dict):
-            data["depth"] = {k: list(v) for k, v in self.depth.items()}
-        elif isinstance(self.depth, tuple):
-            data["depth"] = list(self.depth)
+        if self.layers is not None:
+            data["layers"] = {k: list(v) for k, v in self.layers.items()}
         if self.init_token_ids is not None:
             data["init_token_ids"] = list(self.init_token_ids)
         return data
@@ -163,22 +155,36 @@ class PrefixConfig:
         return cls(**data)
 
 
-class PromptEncoder(nn.Module):
-    """One site's prompt table: flat ``Embedding(P, width)`` or OFA's MLP reparameterisation."""
+class PromptTable(nn.Module):
+    """One site's flat prompt table ``Embedding(P, width)`` (OFA's default)."""
 
-    def __init__(self, length: int, width: int, d_model: int, hidden: int | None = None) -> None:
+    def __init__(self, length: int, width: int) -> None:
         super().__init__()
-        self.length, self.width, self.hidden = length, width, hidden
-        if hidden:
-            self.embedding = nn.Embedding(length, d_model)
-            self.trans = nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, width))
-        else:
-            self.embedding = nn.Embedding(length, width)
+        self.length, self.width = length, width
+        self.embedding = nn.Embedding(length, width)
 
     def forward(self) -> torch.Tensor:
         """The [P, width] table."""
-        table = self.embedding.weight
-        return self.trans(table) if self.hidden else table
+        return self.embedding.weight
+
+
+class MLPPromptTable(nn.Module):
+    """One site's table through OFA's reparameterisation: ``Embedding(P, d_model)`` → Linear → ReLU →
+    Linear(width). :func:`fold` replaces it by the :class:`PromptTable` it produces."""
+
+    def __init__(self, length: int, width: int, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.length, self.width = length, width
+        self.embedding = nn.Embedding(length, d_model)
+        self.trans = nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, width))
+
+    def forward(self) -> torch.Tensor:
+        """The [P, width] table."""
+        return self.trans(self.embedding.weight)
+
+
+def _table(length: int, width: int, d_model: int, hidden: int | None) -> nn.Module:
+    return PromptTable(length, width) if hidden is None else MLPPromptTable(length, width, d_model, hidden)
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,7 @@ class _LayerPrefix:
 
 
 class PrefixModule(nn.Module):
-    """Holds only the prompt parameters (one :class:`PromptEncoder` per site kind)."""
+    """Holds only the prompt parameters (one :class:`PromptTable` or :class:`MLPPromptTable` per site kind)."""
 
     def __init__(self, config: PrefixConfig, plans: dict[str, SitePlan]) -> None:
         super().__init__()
@@ -219,10 +225,8 @@ class PrefixModule(nn.Module):
         self.plans = plans
         self.encoders = nn.ModuleDict()
         for kind, plan in plans.items():
-            hidden = None
-            if config.reparam:
-                hidden = 2 * plan.d_model if config.reparam is True else int(config.reparam)
-            self.encoders[kind] = PromptEncoder(config.length, plan.width, plan.d_model, hidden)
+            hidden = config.hidden_size(plan.d_model)
+            self.encoders[kind] = _table(config.length, plan.width, plan.d_model, hidden)
         self.dropout = nn.Dropout(config.dropout)
         self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
         object.__setattr__(self, "_model_ref", None)  # plain attribute: not a submodule
@@ -333,7 +337,7 @@ def _initialise(bank: PrefixModule, model: nn.Module) -> None:
             continue
         plan = bank.plans[kind]
         states = _vocab_states(model, config, plan.d_model, gen)
-        if enc.hidden:
+        if isinstance(enc, MLPPromptTable):
             enc.embedding.weight.copy_(states)
             continue
         columns = []
@@ -455,13 +459,13 @@ def fold(bank: PrefixModule) -> PrefixModule:
     The folded tables are trainable parameters; ``bank.config.reparam`` becomes False.
     """
     for kind, enc in list(bank.encoders.items()):
-        if not enc.hidden:
+        if not isinstance(enc, MLPPromptTable):
             continue
         table = enc().detach()
-        flat = PromptEncoder(enc.length, enc.width, bank.plans[kind].d_model, hidden=None)
+        flat = PromptTable(enc.length, enc.width)
         flat.to(device=table.device, dtype=table.dtype)
         flat.embedding.weight.copy_(table)
         bank.encoders[kind] = flat
-    bank.config = dataclasses.replace(bank.config, reparam=False)
+    bank.config = dataclasses.replace(bank.config, reparam=False, reparam_hidden=None)
     bank.clear_cache()
     return bank

@@ -31,26 +31,21 @@ from mmprompt.tuning.sites import discover_sites
 logger = logging.getLogger(__name__)
 
 MODULE_NAME = "mmprompt_shallow"
-INITS = st.PROMPT_INITS
 
 
 @dataclass
-class ShallowPromptConfig:
-    """length: number of soft tokens (>= 1). init: "normal" = N(0, init_std); "vocab" = copies of the
-    token embeddings of ``init_token_ids`` (or ids drawn uniformly with ``seed``, skipping padding)."""
+class ShallowPromptConfig(st.PromptInit):
+    """length: number of soft tokens (>= 1); the initialisation fields come from
+    :class:`~mmprompt.tuning.state.PromptInit`."""
 
     method: ClassVar[str] = "shallow"  # the name in the method registry
 
     length: int = 64
-    init: str = "normal"
-    init_std: float = 0.02
-    init_token_ids: tuple[int, ...] | None = None
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
             raise ValueError(f"length={self.length!r}: must be an integer >= 1")
-        st.check_prompt_init(self)
+        self._check_init(self.length)
 
 
 class ShallowPrompt(nn.Module):

@@ -157,17 +157,29 @@ class MethodHandle:
 PROMPT_INITS: tuple[str, ...] = ("normal", "vocab")
 
 
-def check_prompt_init(config) -> None:
-    """Validate the initialisation fields shared by prefix and shallow prompts (``init``, ``init_std``,
-    ``init_token_ids``, ``seed``); normalises ``init_token_ids`` to a tuple."""
-    if config.init not in PROMPT_INITS:
-        raise ValueError(f"init={config.init!r}: allowed {PROMPT_INITS}")
-    if not isinstance(config.init_std, (int, float)) or config.init_std <= 0:
-        raise ValueError(f"init_std={config.init_std!r}: must be > 0")
-    if config.init_token_ids is not None:
-        ids = tuple(config.init_token_ids)
-        if len(ids) != config.length or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
-            raise ValueError(f"init_token_ids: expected {config.length} token ids >= 0, got {config.init_token_ids!r}")
-        config.init_token_ids = ids
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
-        raise ValueError(f"seed={config.seed!r}: must be an integer")
+@dataclass(kw_only=True)
+class PromptInit:
+    """How the parameters of a prompt (prefix or shallow) start; shared by their configs.
+
+    init: "normal" = N(0, init_std); "vocab" = from the backbone's token embeddings of ``init_token_ids``
+    (one id per prompt position; default: drawn uniformly with ``seed``, skipping padding).
+    seed: seeds the initialisation (independent of the global RNG).
+    """
+
+    init: str = "normal"
+    init_std: float = 0.02
+    init_token_ids: tuple[int, ...] | None = None
+    seed: int = 0
+
+    def _check_init(self, length: int) -> None:
+        if self.init not in PROMPT_INITS:
+            raise ValueError(f"init={self.init!r}: allowed {PROMPT_INITS}")
+        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or self.init_std <= 0:
+            raise ValueError(f"init_std={self.init_std!r}: must be a number > 0")
+        if self.init_token_ids is not None:
+            ids = tuple(self.init_token_ids)
+            if len(ids) != length or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+                raise ValueError(f"init_token_ids: expected {length} token ids >= 0, got {self.init_token_ids!r}")
+            self.init_token_ids = ids
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed={self.seed!r}: must be an integer")

@@ -79,9 +79,7 @@ def prefix_layout(model: nn.Module, config: PrefixConfig) -> list[SiteLayout]:
     plans = plan_sites(discover_sites(model), config)
     out = []
     for kind, plan in plans.items():
-        hidden = None
-        if config.reparam:
-            hidden = 2 * plan.d_model if config.reparam is True else int(config.reparam)
+        hidden = config.hidden_size(plan.d_model)
         out.append(SiteLayout(kind, tuple(plan.layers), plan.heads, plan.head_dim, plan.d_model, config.length,
                               hidden))
     return out
