@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from mmprompt import load_model, tune
-from mmprompt.experiment.tune import model_size
 from mmprompt.models.ofa import OFAModel
 from mmprompt.data.tasks import TASKS
 from mmprompt.experiment.profiles import GPU_TASK_DEFAULTS, PROFILES, get_profile, gpu_recipe, resolve_profile
@@ -51,14 +50,11 @@ def test_overrides_and_the_cpu_profiles_are_unchanged():
     assert set(GPU_TASK_DEFAULTS) == set(TASKS)
 
 
-def test_model_size_is_read_off_the_shape():
-    class Backbone:
-        def __init__(self, model):
-            self.model = model
+def test_ofa_size_is_read_off_the_shape():
+    from mmprompt.experiment.backbones import OFABackbone
 
-    assert model_size(Backbone(OFAModel.from_preset("ofa-tiny", seed=0, vocab_size=300))) == "tiny"
-    assert model_size(Backbone(OFAModel.from_preset("ofa-nano-small", seed=0))) is None
-    assert model_size(Backbone(torch.nn.Linear(2, 2))) is None
+    assert OFABackbone(OFAModel.from_preset("ofa-tiny", seed=0, vocab_size=300), None).ofa_size == "tiny"
+    assert OFABackbone(OFAModel.from_preset("ofa-nano-small", seed=0), None).ofa_size is None
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,7 @@
 
 ``load_model("ofa-nano")`` loads the shipped nano checkpoint (no network); ``load_model(path)`` loads an
 OFA-Sys-style directory (``config.json`` + weights + tokenizer files) or a Florence-2 directory saved by
-transformers. Both backbone kinds offer the same small interface: ``model``, ``tokenizer``,
-``patch_image_size``, ``make_dataset(task, split_path)``, ``collate``, ``evaluate(dataset, settings)``.
+transformers. Both kinds implement :class:`Backbone`, the one interface the experiment layer uses.
 """
 
 from __future__ import annotations
@@ -12,13 +11,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from mmprompt.data import TaskDataset, build_ofa_tokenizer, load_tokenizer
 from mmprompt.eval.evaluation import EvalResult, EvalSettings, evaluate
+from mmprompt.data.ofa_files import ofa_dataset_kwargs
+from mmprompt.experiment.profiles import Profile
 from mmprompt.models.ofa import OFAConfig, OFAModel, from_pretrained
+from mmprompt.models.ofa.config import PRESETS, REAL_PRESETS
 
 #: Checkpoints shipped in the repository (``data/checkpoints/<name>``), pretrained by ``mmprompt.nano.pretrain``.
 SHIPPED = ("ofa-nano", "ofa-nano-small")
@@ -29,6 +31,31 @@ def checkpoints_dir() -> Path:
     """Where shipped checkpoints live: ``$MMPROMPT_CHECKPOINTS`` or this checkout's ``data/checkpoints``."""
     env = os.environ.get("MMPROMPT_CHECKPOINTS")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "checkpoints"
+
+
+class Backbone(Protocol):
+    """What the experiment layer uses of a backbone (:class:`OFABackbone`,
+    :class:`~mmprompt.experiment.florence2.Florence2Backbone`)."""
+
+    model: torch.nn.Module
+    name: str
+
+    @property
+    def ofa_size(self) -> str | None:
+        """The OFA size (``tiny`` … ``huge``) whose shape the model has, else None (picks gpu recipes)."""
+
+    def make_dataset(self, task: str, split_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """The task's dataset over one split file."""
+
+    def profile_options(self, task: str, split: str, data: Path, profile: Profile) -> dict[str, Any]:
+        """The :meth:`make_dataset` options a profile implies for this backbone (resolution, conventions)."""
+
+    def default_eval_settings(self, **overrides: Any) -> EvalSettings:
+        """Decoding settings with the model's own defaults."""
+
+    def evaluate(self, dataset: Any, settings: EvalSettings | None = None,
+                 model: torch.nn.Module | None = None) -> EvalResult:
+        """Score ``model`` (default: the backbone's) on ``dataset``."""
 
 
 @dataclass
@@ -44,9 +71,28 @@ class OFABackbone:
     def patch_image_size(self) -> int:
         return self.model.config.patch_image_size
 
-    def make_dataset(self, task: str, split_path: str | os.PathLike, **kwargs: Any) -> TaskDataset:
-        """The task's dataset over an OFA-layout TSV (keyword options of :class:`TaskDataset`)."""
-        return TaskDataset(split_path, task, self.tokenizer, self.patch_image_size, **kwargs)
+    @property
+    def ofa_size(self) -> str | None:
+        shape = tuple(getattr(self.model.config, k, None) for k in ("d_model", "encoder_layers", "decoder_layers"))
+        for name in REAL_PRESETS:
+            if shape == tuple(PRESETS[name][k] for k in ("d_model", "encoder_layers", "decoder_layers")):
+                return name.removeprefix("ofa-")
+        return None
+
+    def make_dataset(self, task: str, split_path: str | os.PathLike, image_size: int | None = None,
+                     **kwargs: Any) -> TaskDataset:
+        """The task's dataset over an OFA-layout TSV at ``image_size`` (default: the model's resolution;
+        keyword options of :class:`TaskDataset`)."""
+        return TaskDataset(split_path, task, self.tokenizer, image_size or self.patch_image_size, **kwargs)
+
+    def profile_options(self, task: str, split: str, data: Path, profile: Profile) -> dict[str, Any]:
+        """The profile's image resolution, and OFA's dataset conventions where the profile reads OFA's data."""
+        options: dict[str, Any] = {"image_size": profile.image_size}
+        if profile.convention == "ofa":
+            options.update(ofa_dataset_kwargs(task, split, data))
+            if task == "vqa":
+                options["add_object"] = profile.add_object
+        return options
 
     def collate(self, samples: list[dict]) -> dict:
         from mmprompt.data import collate_batch

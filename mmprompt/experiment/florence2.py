@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from mmprompt.core.atomic import atomic_dir
 from mmprompt.eval import metrics
 from mmprompt.eval.evaluation import EvalResult, EvalSettings
+from mmprompt.experiment.profiles import Profile
 from mmprompt.models.florence2.model import decode_predictions, enable_checkpointing, generate_for_batch, load_florence2
 from mmprompt.models.florence2.data import (
     Florence2TaskDataset,
@@ -110,6 +111,14 @@ class Florence2Backbone:
     @property
     def patch_image_size(self) -> int:
         return image_side(self.processor)
+
+    @property
+    def ofa_size(self) -> None:
+        return None
+
+    def profile_options(self, task: str, split: str, data: Path, profile: Profile) -> dict[str, Any]:
+        """None: Florence-2's processor fixes the resolution, and its prompts are its own."""
+        return {}
 
     def make_dataset(self, task: str, split_path: str | os.PathLike, **kwargs: Any) -> Florence2TaskDataset:
         """The task's dataset over a TSV file (keyword options of :class:`Florence2TaskDataset`)."""

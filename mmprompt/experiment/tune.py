@@ -31,11 +31,11 @@ from typing import Any
 import torch
 
 from mmprompt.data import ensure_synthetic
-from mmprompt.data.ofa_files import check_run_files, ofa_dataset_kwargs, scored_splits, split_file, \
-    write_vqa_submission
+from mmprompt.data.ofa_files import check_run_files, scored_splits, split_file, write_vqa_submission
 from mmprompt.eval.distributed import evaluate_sharded, shared_tempdir
 from mmprompt.eval.evaluation import MAIN_METRIC, EvalResult
 from mmprompt.data.tasks import TASKS
+from mmprompt.experiment.backbones import Backbone
 from mmprompt.experiment.profiles import SPLITS, Profile, get_profile, named_recipe, resolve_profile
 from mmprompt.training import TrainConfig, train
 from mmprompt.training.distributed import init_distributed, is_main_process
@@ -102,13 +102,13 @@ def _check_task(task: str) -> None:
         raise ValueError(f"task={task!r}: allowed {TASKS}")
 
 
-def _train_config(profile: Profile, name: str, lr: float | None, seed: int, out_dir: Path | None,
-                  metric: str, progress: bool, world_size: int = 1) -> TrainConfig:
+def _train_config(s: TuneSettings, out_dir: Path, metric: str) -> TrainConfig:
+    profile, world_size = s.profile, s.world_size
     return TrainConfig(
-        lr=lr if lr is not None else profile.lr_for(name), max_steps=profile.steps, epochs=profile.epochs,
+        lr=s.lr, max_steps=profile.steps, epochs=profile.epochs,
         batch_size=profile.batch_size, grad_accum=profile.grad_accum(world_size), eval_every=profile.eval_every,
-        metric=metric, mode="max", seed=seed, out_dir=out_dir, restore_best=profile.eval_every is not None,
-        amp=profile.amp, device=profile.device, progress=progress, log_every=max(1, (profile.steps or 100) // 20),
+        metric=metric, mode="max", seed=s.seed, out_dir=out_dir, restore_best=profile.eval_every is not None,
+        amp=profile.amp, device=profile.device, progress=s.progress, log_every=max(1, (profile.steps or 100) // 20),
         label_smoothing=profile.label_smoothing, warmup_ratio=profile.warmup_ratio,
         drop_worst_ratio=profile.drop_worst_ratio, drop_worst_after=profile.drop_worst_after,
         warmup_steps=profile.warmup_steps, ema_decay=profile.ema_decay, num_workers=profile.num_workers,
@@ -117,19 +117,11 @@ def _train_config(profile: Profile, name: str, lr: float | None, seed: int, out_
     )
 
 
-def split_dataset(backbone, task: str, data: Path, split: str, profile: Profile, **kwargs: Any):
-    """``backbone.make_dataset`` over one split, at the profile's image resolution when it sets one (OFA
-    backbones), read with OFA's conventions when the profile's ``convention`` is ``"ofa"``."""
-    from mmprompt.experiment.backbones import OFABackbone
-    from mmprompt.data import TaskDataset
-
-    path = split_file(data, task, split)
-    if isinstance(backbone, OFABackbone) and profile.convention == "ofa":
-        objects = {"add_object": profile.add_object} if task == "vqa" else {}
-        kwargs = {**ofa_dataset_kwargs(task, split, data), **objects, **kwargs}
-    if profile.image_size is not None and isinstance(backbone, OFABackbone):
-        return TaskDataset(path, task, backbone.tokenizer, profile.image_size, **kwargs)
-    return backbone.make_dataset(task, path, **kwargs)
+def split_dataset(backbone: Backbone, task: str, data: Path, split: str, profile: Profile, **kwargs: Any):
+    """The backbone's dataset over one split of ``task``, read as the profile says (resolution, conventions);
+    ``kwargs`` add to or override those options."""
+    options = {**backbone.profile_options(task, split, data, profile), **kwargs}
+    return backbone.make_dataset(task, split_file(data, task, split), **options)
 
 
 def _amp(profile: Profile) -> torch.dtype | None:
@@ -151,18 +143,6 @@ def _tf32(enabled: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-
-def model_size(backbone) -> str | None:
-    """The OFA size (``tiny`` … ``huge``) whose shape the backbone has, else None (nano, Florence-2)."""
-    from mmprompt.models.ofa.config import PRESETS, REAL_PRESETS
-
-    cfg = getattr(backbone.model, "config", None)
-    shape = tuple(getattr(cfg, k, None) for k in ("d_model", "encoder_layers", "decoder_layers"))
-    for name in REAL_PRESETS:
-        if shape == tuple(PRESETS[name][k] for k in ("d_model", "encoder_layers", "decoder_layers")):
-            return name.removeprefix("ofa-")
-    return None
 
 
 def _named_config(name: str, config: object, profile: Profile) -> object:
@@ -208,17 +188,40 @@ def _submit_predicted_only(task: str, data: Path, profile: Profile, scored: dict
                       "submission": str(path)}
 
 
-def tune(backbone, task: str, method: str | object = "prefix", *, profile: str = "ci",
-         data_dir: str | os.PathLike | None = None, seed: int = 0, steps: int | None = None,
-         lr: float | None = None, batch_size: int | None = None, eval_examples: int | None = None,
-         test_splits: bool = True, out_dir: str | os.PathLike | None = None, keep_model: bool = False,
-         progress: bool = True, recipe: dict[str, Any] | str | None = None) -> TuneResult:
-    """Tune a copy of ``backbone.model`` on ``task`` with ``method`` and score it.
+@dataclass(frozen=True)
+class TuneSettings:
+    """One tuning run, resolved and validated once by :func:`resolve_settings` before any work starts."""
 
-    ``method``: a name from the method registry (:data:`mmprompt.tuning.registry.METHODS`) or a config
-    (e.g. ``PrefixConfig(length=16, depth=3)``).
+    task: str
+    method: str
+    config: Any  # the method config; None for zero-shot
+    profile: Profile  # with the recipe and keyword overrides applied
+    data: Path
+    val_split: str
+    test_splits: tuple[str, ...]  # the scored test splits (empty: validation only)
+    seed: int
+    lr: float | None  # None for zero-shot
+    out_dir: Path | None
+    keep_model: bool
+    progress: bool
+    world_size: int
+
+    @property
+    def trains(self) -> bool:
+        return self.config is not None
+
+
+def resolve_settings(backbone: Backbone, task: str, method: str | object = "prefix", *, profile: str = "ci",
+                     data_dir: str | os.PathLike | None = None, seed: int = 0, steps: int | None = None,
+                     lr: float | None = None, batch_size: int | None = None, eval_examples: int | None = None,
+                     test_splits: bool = True, out_dir: str | os.PathLike | None = None, keep_model: bool = False,
+                     progress: bool = True, recipe: dict[str, Any] | str | None = None) -> TuneSettings:
+    """Check every option of :func:`tune` and resolve the profile, method config, data and splits.
+
+    ``method``: a name from the method registry (:data:`mmprompt.tuning.registry.METHODS`; a prompt method
+    given by name takes the profile's prompt length) or a config (e.g. ``PrefixConfig(length=16, depth=3)``).
     ``steps``/``batch_size`` (per process)/``eval_examples`` override the profile; ``lr`` the profile's rate
-    for the method family; ``recipe`` any other :class:`~mmprompt.experiment.profiles.Profile` field (e.g.
+    for the method; ``recipe`` any other :class:`~mmprompt.experiment.profiles.Profile` field (e.g.
     ``{"epochs": 50, "effective_batch_size": 256, "image_size": 384, "ema_decay": None}``; None sets None) or
     the name of one of :data:`mmprompt.experiment.profiles.RECIPES` (e.g. ``"ofa-refcoco-prefix-script"``).
     With ``keep_model`` the tuned model is returned in the result.
@@ -228,66 +231,83 @@ def tune(backbone, task: str, method: str | object = "prefix", *, profile: str =
     if isinstance(recipe, str):
         recipe = named_recipe(recipe)
     if recipe is not None and not isinstance(recipe, dict):
-        raise ValueError(f"recipe={recipe!r}: must be None or a dict of profile fields")
+        raise ValueError(f"recipe={recipe!r}: must be None, a recipe name or a dict of profile fields")
     given = {k: v for k, v in dict(steps=steps, batch_size=batch_size, eval_examples=eval_examples).items()
              if v is not None}
     both = sorted(set(given) & set(recipe or {}))
     if both:
         raise ValueError(f"{both} given both as keyword and in recipe={recipe!r}; give each once")
-    prof = resolve_profile(profile, task, name, model_size(backbone), **given, **(recipe or {}))
+    prof = resolve_profile(profile, task, name, backbone.ofa_size, **given, **(recipe or {}))
     if isinstance(method, str) and config is not None:
         config = _named_config(name, config, prof)
-    if lr is not None and not lr > 0:
-        raise ValueError(f"lr={lr!r}: must be > 0")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ValueError(f"lr={lr!r}: must be a number > 0")
     data = resolve_data(prof, data_dir)
     val_split, tests = scored_splits(data, task)
-    check_run_files(data, task, (*(("train",) if config is not None else ()), val_split,
-                                 *(tests if test_splits else ())))
+    tests = tuple(tests) if test_splits else ()
+    check_run_files(data, task, (*(("train",) if config is not None else ()), val_split, *tests))
     world = init_distributed(str(prof.device).startswith("cuda") and torch.cuda.is_available()).world_size
-    with _tf32(prof.tf32):
-        return _tune(backbone, task, name, config, prof, data, seed, lr, test_splits, out_dir, keep_model, progress,
-                     world)
+    return TuneSettings(task=task, method=name, config=config, profile=prof, data=data, val_split=val_split,
+                        test_splits=tests, seed=seed, lr=lr if lr is not None or config is None else prof.lr_for(name),
+                        out_dir=Path(out_dir) if out_dir is not None else None, keep_model=keep_model,
+                        progress=progress, world_size=world)
 
 
-def _tune(backbone, task: str, name: str, config: object | None, prof: Profile, data: Path, seed: int,
-          lr: float | None, test_splits: bool, out_dir, keep_model: bool, progress: bool, world: int) -> TuneResult:
-    val_split, tests = scored_splits(data, task)
-    torch.manual_seed(seed)
+def tune(backbone: Backbone, task: str, method: str | object = "prefix", **options: Any) -> TuneResult:
+    """Tune a copy of ``backbone.model`` on ``task`` with ``method`` and score it.
+
+    ``options`` are the keywords of :func:`resolve_settings` (``profile``, ``data_dir``, ``seed``, ``steps``,
+    ``lr``, ``batch_size``, ``eval_examples``, ``test_splits``, ``out_dir``, ``keep_model``, ``progress``,
+    ``recipe``); all of them are checked before any work starts.
+    """
+    settings = resolve_settings(backbone, task, method, **options)
+    with _tf32(settings.profile.tf32):
+        return run_tuning(backbone, settings)
+
+
+def run_tuning(backbone: Backbone, s: TuneSettings) -> TuneResult:
+    """Train (unless zero-shot) and score a copy of ``backbone.model`` as ``s`` says."""
+    torch.manual_seed(s.seed)
     model = copy.deepcopy(backbone.model)
-    _set_drop_path(model, prof.drop_path_rate)
-    if config is not None:
-        apply_method(model, config)
-    counts = count_parameters(model) if config is not None else {"trainable": 0, "total": _n_params(model)}
-    start, history, n_steps = time.time(), [], 0
-    if config is not None:
-        train_ds = split_dataset(backbone, task, data, "train", prof, expand_refs=task == "caption")
-        val_ds = split_dataset(backbone, task, data, val_split, prof)
-        settings = _eval_settings(backbone, prof)
-        metric = MAIN_METRIC[task]
-
-        def eval_fn(m: torch.nn.Module) -> dict[str, float]:
-            return {metric: evaluate_sharded(backbone, m, val_ds, settings, amp=_amp(prof)).score}
-
-        with shared_tempdir(prefix="mmprompt-tune-") as scratch:
-            cfg = _train_config(prof, name, lr, seed, Path(out_dir or scratch), metric, progress, world)
-            logger.info("%s / %s (%s profile): lr %g, %d x %d accumulated x %d ranks = %d examples per step "
-                        "(recipe: %s), %s epochs / %s steps", task, name, prof.name, cfg.lr, cfg.batch_size,
-                        cfg.grad_accum, world, cfg.batch_size * cfg.grad_accum * world,
-                        prof.effective_batch_size, cfg.epochs, cfg.max_steps)
-            result = train(model, train_ds, cfg, collate_fn=train_ds.collater,
-                           eval_fn=eval_fn if prof.eval_every else None)
-        history, n_steps = result.history, result.steps
+    _set_drop_path(model, s.profile.drop_path_rate)
+    if s.trains:
+        apply_method(model, s.config)
+    counts = count_parameters(model) if s.trains else {"trainable": 0, "total": _n_params(model)}
+    start = time.time()
+    history, n_steps = _train(backbone, model, s) if s.trains else ([], 0)
     train_time = time.time() - start
-    model.to(prof.device)  # zero-shot: the copy is still where the backbone is; evaluation runs on the device
+    model.to(s.profile.device)  # zero-shot: the copy is still where the backbone is; evaluation runs on the device
     model.eval()
-    scored = evaluate_splits(backbone, model, task, data, prof, (val_split, *tests) if test_splits else (val_split,))
-    _submit_predicted_only(task, data, prof, scored, Path(out_dir) if out_dir else None)
+    scored = evaluate_splits(backbone, model, s.task, s.data, s.profile, (s.val_split, *s.test_splits))
+    _submit_predicted_only(s.task, s.data, s.profile, scored, s.out_dir)
     return TuneResult(
-        task=task, method=name, config=dataclasses.asdict(config) if config is not None else {},
-        metrics={s: r.metrics for s, r in scored.items()}, trainable=counts["trainable"], total=counts["total"],
-        train_time_s=round(train_time, 2), steps=n_steps, history=history,
-        predictions=scored[val_split].predictions, model=model if keep_model else None,
+        task=s.task, method=s.method, config=dataclasses.asdict(s.config) if s.trains else {},
+        metrics={split: r.metrics for split, r in scored.items()}, trainable=counts["trainable"],
+        total=counts["total"], train_time_s=round(train_time, 2), steps=n_steps, history=history,
+        predictions=scored[s.val_split].predictions, model=model if s.keep_model else None,
     )
+
+
+def _train(backbone: Backbone, model: torch.nn.Module, s: TuneSettings) -> tuple[list[dict[str, Any]], int]:
+    """The training loop on the train split, validated on the validation split; (history, steps)."""
+    prof = s.profile
+    train_ds = split_dataset(backbone, s.task, s.data, "train", prof, expand_refs=s.task == "caption")
+    val_ds = split_dataset(backbone, s.task, s.data, s.val_split, prof)
+    settings = _eval_settings(backbone, prof)
+    metric = MAIN_METRIC[s.task]
+
+    def eval_fn(m: torch.nn.Module) -> dict[str, float]:
+        return {metric: evaluate_sharded(backbone, m, val_ds, settings, amp=_amp(prof)).score}
+
+    with shared_tempdir(prefix="mmprompt-tune-") as scratch:
+        cfg = _train_config(s, s.out_dir or Path(scratch), metric)
+        logger.info("%s / %s (%s profile): lr %g, %d x %d accumulated x %d ranks = %d examples per step "
+                    "(recipe: %s), %s epochs / %s steps", s.task, s.method, prof.name, cfg.lr, cfg.batch_size,
+                    cfg.grad_accum, s.world_size, cfg.batch_size * cfg.grad_accum * s.world_size,
+                    prof.effective_batch_size, cfg.epochs, cfg.max_steps)
+        result = train(model, train_ds, cfg, collate_fn=train_ds.collater,
+                       eval_fn=eval_fn if prof.eval_every else None)
+    return result.history, result.steps
 
 
 @torch.no_grad()
