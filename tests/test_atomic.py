@@ -144,3 +144,4 @@ def test_every_directory_the_project_writes_follows_the_umask(tmp_path, umask_02
     written["nested"] = tmp_path / "plain"
     for what, path in written.items():
         assert _modes(path) == {0o755}, f"{what}: {sorted(map(oct, _modes(path)))}"
+

@@ -18,7 +18,9 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-PREFIX_ATTR = "mmprompt_prefix"
+#: The attribute of an attention module that holds its prefix provider (the model-level prompt module is
+#: ``model.mmprompt_prefix``, :data:`mmprompt.tuning.prefix.MODULE_NAME`).
+PREFIX_ATTR = "mmprompt_prefix_provider"
 
 
 class PrefixProvider(Protocol):

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from mmprompt.core.modes import training_mode
 from mmprompt.eval import decoding, metrics
 from mmprompt.data.tasks import TASK_SPECS
 from mmprompt.data import TaskDataset, bin_token_ids, bins_to_box, decode_ids, encode_text, id_to_bin
@@ -115,18 +116,14 @@ def evaluate(model: torch.nn.Module, dataset: TaskDataset, settings: EvalSetting
         raise ValueError(f"dataset.task={task!r}: allowed {sorted(PREDICTORS)}")
     ds = dataset if s.max_examples is None else Subset(dataset, range(min(s.max_examples, len(dataset))))
     loader = DataLoader(ds, batch_size=s.batch_size, shuffle=False, collate_fn=dataset.collater)
-    was_training = model.training
-    model.eval()
     device = torch.device(s.device)
     preds, refs, rows = [], [], []
-    try:
+    with training_mode(model, False):
         for batch in tqdm(loader, desc=f"eval {task}", disable=not s.progress, leave=False):
             out = PREDICTORS[task](model, _to_device(batch, device), dataset, s)
             preds += out
             refs += _references(task, batch["refs"])
             rows += [{"id": i, "prediction": p, "reference": r} for i, p, r in zip(batch["ids"], out, batch["refs"])]
-    finally:
-        model.train(was_training)
     if task == "refcoco":
         preds = [p if p is not None else [0.0, 0.0, 0.0, 0.0] for p in preds]
     options = {}

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from mmprompt.core.atomic import atomic_dir
+from mmprompt.core.modes import training_mode
 from mmprompt.eval import metrics
 from mmprompt.eval.evaluation import EvalResult, EvalSettings
 from mmprompt.experiment.profiles import Profile
@@ -59,20 +60,16 @@ def evaluate_florence2(model: torch.nn.Module, dataset: Florence2TaskDataset,
     subset = dataset if s.max_examples is None else Subset(dataset, range(min(s.max_examples, len(dataset))))
     loader = DataLoader(subset, batch_size=s.batch_size, shuffle=False, collate_fn=dataset.collater)
     device = torch.device(s.device)
-    was_training = model.training
-    model.eval()
     preds: list[Any] = []
     refs: list[Any] = []
     rows: list[dict[str, Any]] = []
-    try:
+    with training_mode(model, False):
         for batch in tqdm(loader, desc=f"eval {task}", disable=not s.progress, leave=False):
             moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             out = predict_batch(model, dataset.tokenizer, moved, dataset.patch_image_size, s)
             preds += out
             refs += [r["box"] for r in batch["refs"]] if task == "refcoco" else batch["refs"]
             rows += [{"id": i, "prediction": p, "reference": r} for i, p, r in zip(batch["ids"], out, batch["refs"])]
-    finally:
-        model.train(was_training)
     if task == "refcoco":
         preds = [p if p is not None else [0.0, 0.0, 0.0, 0.0] for p in preds]
     fast_caption = task == "caption" and not s.full_caption_metrics

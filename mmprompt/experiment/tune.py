@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from mmprompt.core.modes import training_mode
 from mmprompt.data import ensure_synthetic
 from mmprompt.data.ofa_files import check_run_files, scored_splits, split_file, write_vqa_submission
 from mmprompt.eval.distributed import evaluate_sharded, shared_tempdir
@@ -333,17 +334,13 @@ def heldout_loss(backbone, model: torch.nn.Module | None, task: str, *, profile:
     pad = getattr(getattr(model, "config", None), "pad_token_id", None)
     loss_fn = Seq2SeqLoss(pad_id=1 if pad is None else int(pad), label_smoothing=0.0)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total = weight = 0.0
-    try:
+    with training_mode(model, False):
         for batch in DataLoader(Subset(ds, range(n)), batch_size=batch_size, collate_fn=ds.collater):
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             tokens = float(batch["target_ids"].ne(loss_fn.pad_id).sum())
             total += float(loss_fn(model, batch)) * tokens
             weight += tokens
-    finally:
-        model.train(was_training)
     return total / max(weight, 1.0)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from mmprompt.core.modes import training_mode
 from mmprompt.data import PretrainDataset
 from mmprompt.data.texts import parse_listing
 from mmprompt.data.world import COLOR_NAMES, SHAPES, SIZES
@@ -100,9 +101,8 @@ def warm_up_resnet(model, train: PretrainDataset, val: PretrainDataset, *, steps
     opt = torch.optim.AdamW([*resnet.parameters(), *head.parameters()], lr=lr, weight_decay=0.01)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate,
                         drop_last=len(train) > batch_size, generator=torch.Generator().manual_seed(seed))
-    was_training, start, step, last = resnet.training, time.time(), 0, {}
-    resnet.train()
-    with tqdm(total=steps, desc="resnet warm-up", disable=not progress) as bar:
+    start, step, last = time.time(), 0, {}
+    with training_mode(resnet, True), tqdm(total=steps, desc="resnet warm-up", disable=not progress) as bar:
         while step < steps:
             for images, labels in loader:
                 losses = _losses(head(resnet(images)), labels)
@@ -115,9 +115,8 @@ def warm_up_resnet(model, train: PretrainDataset, val: PretrainDataset, *, steps
                 bar.set_postfix(loss=f"{sum(last.values()):.3f}")
                 if step >= steps:
                     break
-    resnet.eval()
     val_loader = DataLoader(Subset(val, range(min(len(val), 512))), batch_size=batch_size, collate_fn=collate)
-    accuracy = {k: round(v, 4) for k, v in _accuracy(resnet, head, val_loader).items()} if len(val) else None
-    resnet.train(was_training)
+    with training_mode(resnet, False):
+        accuracy = {k: round(v, 4) for k, v in _accuracy(resnet, head, val_loader).items()} if len(val) else None
     return {"steps": step, "wall_time_s": round(time.time() - start, 1), "last_losses": last,
             "val_accuracy": accuracy}

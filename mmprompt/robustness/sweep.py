@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from mmprompt.core.modes import training_mode
 from mmprompt.eval import metrics as task_metrics
 from mmprompt.eval.evaluation import MAIN_METRIC, PREDICTORS
 from mmprompt.experiment.tune import resolve_data, split_dataset
@@ -55,13 +56,11 @@ def evaluate_under_attack(backbone, model: torch.nn.Module, task: str, attack: C
     n = min(len(dataset), examples or prof.eval_examples or len(dataset))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=settings.batch_size, collate_fn=dataset.collater)
     device = next(model.parameters()).device  # where the (tuned) model is
-    was_training = model.training
-    model.eval()
     loss_fn = Seq2SeqLoss(pad_id=1, label_smoothing=0.0)
     preds: list[Any] = []
     refs: list[Any] = []
     loss_sum = tokens = 0.0
-    try:
+    with training_mode(model, False):
         for batch in loader:
             batch = _to_device(batch, device)
             with attacked(model, batch, attack), torch.no_grad():
@@ -70,8 +69,6 @@ def evaluate_under_attack(backbone, model: torch.nn.Module, task: str, attack: C
                 loss_sum += float(loss_fn(model, batch)) * n_tokens
                 tokens += n_tokens
             refs += [r["box"] for r in batch["refs"]] if task == "refcoco" else list(batch["refs"])
-    finally:
-        model.train(was_training)
     options: dict[str, Any] = {}
     if task == "refcoco":
         preds = [p if p is not None else [0.0, 0.0, 0.0, 0.0] for p in preds]

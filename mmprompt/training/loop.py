@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +113,7 @@ class _State:
     stop_reason: str | None = None
 
 
-_STATE_FIELDS = ("step", "epoch", "micro", "best_metric", "best_step", "bad_evals",
-                 "last_eval_step", "last_metrics", "history", "log_loss_sum", "log_count",
-                 "elapsed_s", "stop_reason")
+_STATE_FIELDS = tuple(f.name for f in fields(_State))
 
 
 class _Trainer:
@@ -222,9 +220,9 @@ class _Trainer:
 
     def _resume(self, path: Path) -> None:
         ckpt = ck.read_checkpoint(path)
-        st = ckpt.state or {}
-        if st.get("world_size", 1) != self.dist.world_size:
-            raise ValueError(f"{path} was written with world_size={st.get('world_size')}; this "
+        saved = ckpt.state or {}
+        if saved.get("world_size", 1) != self.dist.world_size:
+            raise ValueError(f"{path} was written with world_size={saved.get('world_size')}; this "
                              f"run has {self.dist.world_size}; resume with the same world size")
         self._warn_config_changes()
         apply_weights(self.model, self.named, ckpt.weights, full=bool(ckpt.meta["save_full"]),
@@ -234,13 +232,13 @@ class _Trainer:
             if ckpt.ema is None:
                 raise ValueError(f"ema_decay is set but {path} holds no EMA weights")
             self.ema.load([ckpt.ema[n] for n, _ in self.named])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
-        if self.scaler is not None and st.get("scaler"):
-            self.scaler.load_state_dict(st["scaler"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
         for name in _STATE_FIELDS:
-            setattr(self.state, name, st[name])
-        ck.restore_rng(st["rng"][self.dist.rank])
+            setattr(self.state, name, saved[name])
+        ck.restore_rng(saved["rng"][self.dist.rank])
         if self.dist.is_main:
             write_jsonl(self.metrics_path, self.state.history)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step,
@@ -439,11 +437,10 @@ class _Trainer:
         barrier()
 
     def _state_dict(self, rngs: list[Any] | None) -> dict[str, Any]:
-        st = {name: getattr(self.state, name) for name in _STATE_FIELDS}
-        st.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                  scaler=self.scaler.state_dict() if self.scaler else {}, rng=rngs,
-                  world_size=self.dist.world_size, total_steps=self.total_steps)
-        return st
+        return {name: getattr(self.state, name) for name in _STATE_FIELDS} | dict(
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler else {}, rng=rngs,
+            world_size=self.dist.world_size, total_steps=self.total_steps)
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> TrainResult:
