@@ -27,7 +27,8 @@ import torch
 BIN_RE = re.compile(r"<bin_(\d+)>")
 
 
-def _wh(image_size: int | Sequence[float]) -> tuple[float, float]:
+def image_sides(image_size: int | Sequence[float]) -> tuple[float, float]:
+    """(width, height) of a square side or a (width, height) pair; sides must be positive."""
     if isinstance(image_size, (int, float)):
         w = h = float(image_size)
     else:
@@ -58,7 +59,7 @@ def box_to_bins(box: Sequence[float], image_size: int | Sequence[float], num_bin
     """(x0, y0, x1, y1) pixels -> four bin indices."""
     if len(box) != 4:
         raise ValueError(f"box={box!r}: expected four numbers (x0, y0, x1, y1)")
-    w, h = _wh(image_size)
+    w, h = image_sides(image_size)
     return [quantize(box[0], w, num_bins), quantize(box[1], h, num_bins), quantize(box[2], w, num_bins), quantize(box[3], h, num_bins)]
 
 
@@ -72,7 +73,7 @@ def ofa_box_bins(box: Sequence[float], orig_size: Sequence[float], patch_image_s
     _check_bins(num_bins)
     if not isinstance(max_image_size, int) or max_image_size < 1:
         raise ValueError(f"max_image_size={max_image_size!r}: must be an int >= 1")
-    w, h = _wh(orig_size)
+    w, h = image_sides(orig_size)
     ratio = torch.as_tensor([patch_image_size / w, patch_image_size / h] * 2)
     scaled = torch.tensor([float(v) for v in box]) * ratio / max_image_size
     return [int(v) for v in (scaled * (num_bins - 1)).round().tolist()]
@@ -82,7 +83,7 @@ def bins_to_box(bins: Sequence[int], image_size: int | Sequence[float], num_bins
     """Four bin indices -> (x0, y0, x1, y1) pixels."""
     if len(bins) != 4:
         raise ValueError(f"bins={bins!r}: expected four bin indices")
-    w, h = _wh(image_size)
+    w, h = image_sides(image_size)
     return [dequantize(bins[0], w, num_bins), dequantize(bins[1], h, num_bins), dequantize(bins[2], w, num_bins), dequantize(bins[3], h, num_bins)]
 
 
@@ -103,8 +104,8 @@ def tokens_to_box(text: str, image_size: int | Sequence[float], num_bins: int) -
 
 def scale_box(box: Sequence[float], from_size: Sequence[float], to_size: int | Sequence[float]) -> list[float]:
     """Rescale a box from an image of ``from_size`` (w, h) to one of ``to_size`` (square resize)."""
-    fw, fh = _wh(from_size)
-    tw, th = _wh(to_size)
+    fw, fh = image_sides(from_size)
+    tw, th = image_sides(to_size)
     return [box[0] * tw / fw, box[1] * th / fh, box[2] * tw / fw, box[3] * th / fh]
 
 

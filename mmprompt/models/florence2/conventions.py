@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from mmprompt.data.boxes import image_sides
 from mmprompt.data.tasks import TASKS, MAX_SRC_WORDS, pre_caption, pre_question
 
 NUM_LOC_BINS = 1000
@@ -46,21 +47,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _sides(image_size: int | Sequence[float]) -> tuple[float, float]:
-    if isinstance(image_size, (int, float)):
-        w = h = float(image_size)
-    else:
-        w, h = (float(v) for v in image_size)
-    if w <= 0 or h <= 0:
-        raise ValueError(f"image_size={image_size!r}: sides must be positive")
-    return w, h
-
-
 def quantize_box(box: Sequence[float], image_size: int | Sequence[float], bins: int = NUM_LOC_BINS) -> list[int]:
     """(x0, y0, x1, y1) pixels of an image of ``image_size`` (int or (w, h)) → Florence-2 location bins."""
     if len(box) != 4:
         raise ValueError(f"box={box!r}: expected four numbers (x0, y0, x1, y1)")
-    w, h = _sides(image_size)
+    w, h = image_sides(image_size)
     # float32, a coordinate tensor divided by a Python-float bin width, as the processor computes it (150 px
     # of a 300 px side is bin 499 there, not 500)
     coords = torch.tensor([float(c) for c in box], dtype=torch.float32)
@@ -72,7 +63,7 @@ def dequantize_box(loc_bins: Sequence[int], image_size: int | Sequence[float], b
     """Four location bins → (x0, y0, x1, y1) pixels at the bin centres."""
     if len(loc_bins) != 4:
         raise ValueError(f"loc_bins={loc_bins!r}: expected four bins")
-    w, h = _sides(image_size)
+    w, h = image_sides(image_size)
     return [(b + 0.5) * s / bins for b, s in zip(loc_bins, (w, h, w, h))]
 
 
