@@ -222,3 +222,38 @@ def test_score_errors():
         M.score("caption", ["a"], [["a"]], tokenizer="nltk")
     with pytest.raises(ValueError, match=r"references\[0\]"):
         M.score("caption", ["a"], [[]], tokenizer="python")
+
+
+# ---------------------------------------------------------------- per-example scores
+
+
+def test_per_example_scores_average_to_the_headline_metric():
+    boxes_pred = [[0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 4, 2]]
+    boxes_gold = [[0, 0, 2, 2], [1, 1, 3, 3], [2, 0, 6, 2]]  # IoU 1, 1/7, 1/3
+    m, per = M.score_with_examples("refcoco", boxes_pred, boxes_gold)
+    assert per == [1.0, 0.0, 0.0] and m["acc@0.5"] == pytest.approx(1 / 3)
+    _, per = M.score_with_examples("refcoco", boxes_pred, boxes_gold, threshold=0.3)
+    assert per == [1.0, 0.0, 1.0]
+    m, per = M.score_with_examples("snli_ve", ["yes", "no", "maybe", "yes"],
+                                   ["entailment", "no", "contradiction", "neutral"])
+    assert per == [1.0, 1.0, 0.0, 0.0] and m["accuracy"] == 0.5
+    answers = [["two"] * 2 + ["2"] * 8, ["red"] * 2 + ["blue"] * 8]
+    m, per = M.score_with_examples("vqa", ["2", "red"], answers)
+    # "two" normalises to "2": 10 matches -> 1; "red": 2 matches -> mean over leave-one-out = 0.6
+    assert per == pytest.approx([1.0, 0.6]) and m["accuracy"] == pytest.approx(0.8)
+    caps = ["a man riding a horse", "a dog on a couch", "two cats sleeping", "a red car parked"] * 3
+    refs = [["a man rides a horse", "a person on a horse"], ["a dog lying on a couch"],
+            ["two cats asleep on a bed"], ["a red car on the street"]] * 3
+    m, per = M.score_with_examples("caption", caps, refs, tokenizer="python", meteor=False, spice=False)
+    assert len(per) == 12 and float(np.mean(per)) == pytest.approx(m["cider"], rel=1e-9)
+    assert m == M.score("caption", caps, refs, tokenizer="python", meteor=False, spice=False)
+
+
+def test_cached_cider_per_image_averages_to_the_corpus_value():
+    from mmprompt.eval.cider import cider_d, cider_d_per_image
+
+    caps = ["a man riding a horse", "a dog on a couch", "two cats sleeping"]
+    refs = [["a man rides a horse"], ["a dog lying on a couch"], ["two cats asleep on a bed"]]
+    per = cider_d_per_image(caps, refs)
+    assert len(per) == 3 and per[0] != per[1]
+    assert cider_d(caps, refs) == pytest.approx(sum(per) / 3, abs=1e-12)

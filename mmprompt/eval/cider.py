@@ -66,6 +66,13 @@ def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]], cac
             strip_punctuation: bool = True) -> float:
     """Corpus CIDEr-D of whitespace-tokenised ``predictions`` against their ``references`` (lists of str),
     with ``cache``'s document frequencies (default: the references' own, see :func:`corpus_cache`)."""
+    scores = cider_d_per_image(predictions, references, cache, strip_punctuation)
+    return sum(scores) / len(scores)
+
+
+def cider_d_per_image(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                      cache: CiderCache | None = None, strip_punctuation: bool = True) -> list[float]:
+    """The CIDEr-D of each image (see :func:`cider_d`, their mean)."""
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"predictions ({len(predictions)}) and references ({len(references)}) must be equally "
                          "long and non-empty")
@@ -79,4 +86,4 @@ def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]], cac
         c = _vector(_counts(p.split()), cache, log_len)
         sims = [_similarity(c, _vector(_counts(r.split()), cache, log_len)) for r in rs]
         scores.append(10.0 * sum(sims) / len(sims))
-    return sum(scores) / len(scores)
+    return scores

@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from mmprompt.eval import metrics
-from mmprompt.eval.evaluation import EvalResult, EvalSettings, with_cached_cider
+from mmprompt.eval.evaluation import EvalResult, EvalSettings, score_predictions
 from mmprompt.training.distributed import barrier, broadcast_object, dist_info, gather_objects
 
 __all__ = ["DatasetShard", "evaluate_sharded", "score_rows", "shard_indices", "shared_tempdir"]
@@ -60,18 +59,14 @@ def shard_indices(n: int, batch_size: int, rank: int, world_size: int) -> list[i
 
 
 def score_rows(task: str, rows: Sequence[dict[str, Any]], settings: EvalSettings,
-               cider_cache: Any = None) -> dict[str, float | None]:
-    """The task's metrics of prediction rows (``{"id", "prediction", "reference"}``), scored the way
+               cider_cache: Any = None) -> EvalResult:
+    """Prediction rows (``{"id", "prediction", "reference"}``) scored the way
     :func:`mmprompt.eval.evaluation.evaluate` scores them."""
     preds = [r["prediction"] for r in rows]
     refs = [r["reference"] for r in rows]
-    options: dict[str, Any] = {}
     if task == "refcoco":
         refs = [r["box"] for r in refs]
-        preds = [p if p is not None else [0.0, 0.0, 0.0, 0.0] for p in preds]
-    elif task == "caption" and not settings.full_caption_metrics:
-        options = {"tokenizer": "python", "meteor": False, "spice": False}
-    return with_cached_cider(metrics.score(task, preds, refs, **options), preds, refs, cider_cache)
+    return score_predictions(task, preds, refs, settings, cider_cache, list(rows))
 
 
 def evaluate_sharded(backbone: Any, model: torch.nn.Module, dataset: Any, settings: EvalSettings,
@@ -97,8 +92,7 @@ def evaluate_sharded(backbone: Any, model: torch.nn.Module, dataset: Any, settin
     for indices, part in gather_objects((mine, rows)):
         by_index.update(zip(indices, part, strict=True))
     ordered = [by_index[i] for i in range(n)]
-    return EvalResult(dataset.task, score_rows(dataset.task, ordered, settings, getattr(dataset, "cider_cache", None)),
-                      ordered)
+    return score_rows(dataset.task, ordered, settings, getattr(dataset, "cider_cache", None))
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from mmprompt.core.modes import training_mode
 from mmprompt.eval import decoding, metrics
+from mmprompt.eval.stats import Estimate, estimate
 from mmprompt.data.tasks import TASK_SPECS
 from mmprompt.data import TaskDataset, bin_token_ids, bins_to_box, decode_ids, encode_text, id_to_bin
 
@@ -53,13 +54,21 @@ class EvalSettings:
 
 @dataclass
 class EvalResult:
+    """Metrics of one split, the prediction rows, and the headline metric of every example (``per_example``,
+    in the rows' order; its mean is :attr:`score`; empty where the split is not scored)."""
+
     task: str
     metrics: dict[str, float | None]
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    per_example: list[float] = field(default_factory=list)
 
     @property
     def score(self) -> float:
         return float(self.metrics[MAIN_METRIC[self.task]])
+
+    def interval(self, **kwargs: Any) -> Estimate:
+        """The headline score with its bootstrap interval over examples (:func:`mmprompt.eval.stats.estimate`)."""
+        return estimate(self.per_example, over="examples", **kwargs)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -124,21 +133,30 @@ def evaluate(model: torch.nn.Module, dataset: TaskDataset, settings: EvalSetting
             preds += out
             refs += _references(task, batch["refs"])
             rows += [{"id": i, "prediction": p, "reference": r} for i, p, r in zip(batch["ids"], out, batch["refs"])]
+    return score_predictions(task, preds, refs, s, getattr(dataset, "cider_cache", None), rows)
+
+
+def score_predictions(task: str, predictions: list, references: list, settings: EvalSettings,
+                      cider_cache: Any = None, rows: list[dict[str, Any]] | None = None) -> EvalResult:
+    """Score decoded ``predictions`` (refcoco: boxes, None for no box; ``references`` as the metrics take
+    them) the one way every evaluation does: fast pure-Python caption metrics unless
+    ``settings.full_caption_metrics``, ``cider`` from OFA's cached frequencies when ``cider_cache`` is given."""
     if task == "refcoco":
-        preds = [p if p is not None else [0.0, 0.0, 0.0, 0.0] for p in preds]
+        predictions = [p if p is not None else [0.0, 0.0, 0.0, 0.0] for p in predictions]
     options = {}
-    if task == "caption" and not s.full_caption_metrics:
+    if task == "caption" and not settings.full_caption_metrics:
         options = {"tokenizer": "python", "meteor": False, "spice": False}
-    result = with_cached_cider(metrics.score(task, preds, refs, **options), preds, refs,
-                               getattr(dataset, "cider_cache", None))
-    return EvalResult(task, result, rows)
+    result, per_example = metrics.score_with_examples(task, predictions, references, **options)
+    if cider_cache is not None:
+        result, per_example = with_cached_cider(result, predictions, references, cider_cache)
+    return EvalResult(task, result, rows if rows is not None else [], per_example)
 
 
-def with_cached_cider(result: dict, predictions: list, references: list, cache) -> dict:
-    """Caption metrics with ``cider`` computed from OFA's cached document frequencies when ``cache`` (a
-    :class:`mmprompt.data.cider_cache.CiderCache`) is given; the split-frequency value stays as ``cider_split_df``."""
-    if cache is None:
-        return result
-    from mmprompt.eval.cider import cider_d
+def with_cached_cider(result: dict, predictions: list, references: list, cache) -> tuple[dict, list[float]]:
+    """Caption metrics with ``cider`` computed from OFA's cached document frequencies (``cache``, a
+    :class:`mmprompt.data.cider_cache.CiderCache`), the split-frequency value kept as ``cider_split_df``;
+    and the per-image CIDEr-D with those frequencies."""
+    from mmprompt.eval.cider import cider_d_per_image
 
-    return {**result, "cider": cider_d(predictions, references, cache), "cider_split_df": result["cider"]}
+    per_image = cider_d_per_image(predictions, references, cache)
+    return {**result, "cider": sum(per_image) / len(per_image), "cider_split_df": result["cider"]}, per_image

@@ -332,6 +332,18 @@ def caption_scores(
     ``tokenizer``: ``"ptb"`` (Java Stanford PTBTokenizer, as in COCO), ``"python"``
     (:func:`python_ptb_tokenize`), or ``"auto"`` (Java when present).
     """
+    return _caption_scores(predictions, references, tokenizer=tokenizer, meteor=meteor, spice=spice)[0]
+
+
+def _caption_scores(
+    predictions: Sequence[str],
+    references: Sequence[str | Sequence[str]],
+    *,
+    tokenizer: str = "auto",
+    meteor: bool = True,
+    spice: bool = True,
+) -> tuple[dict[str, float | None], list[float]]:
+    """:func:`caption_scores` and the per-image CIDEr-D (whose mean is the corpus CIDEr-D)."""
     if tokenizer not in CAPTION_TOKENIZERS:
         raise ValueError(f"tokenizer must be one of {CAPTION_TOKENIZERS}; got {tokenizer!r}")
     _check_lengths(predictions, references)
@@ -350,12 +362,12 @@ def caption_scores(
     gts = _tokenize_captions(dict(enumerate(refs)), tokenizer)
     res = _tokenize_captions({i: [p] for i, p in enumerate(predictions)}, tokenizer)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    cider, _ = Cider().compute_score(gts, res)
+    cider, per_image = Cider().compute_score(gts, res)
     out: dict[str, float | None] = {f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)}
     out["cider"] = float(cider)
     out["meteor"] = _java_metric("METEOR", gts, res) if meteor else None
     out["spice"] = _java_metric("SPICE", gts, res) if spice else None
-    return out
+    return out, [float(x) for x in per_image]
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,6 +394,15 @@ def score(task: str, predictions: Sequence[Any], references: Sequence[Any], **op
     * ``caption``: captions vs. lists of references -> ``bleu1..4``, ``cider``, ``meteor``,
       ``spice`` (None where unavailable; options ``tokenizer``, ``meteor``, ``spice``)
     """
+    return score_with_examples(task, predictions, references, **options)[0]
+
+
+def score_with_examples(task: str, predictions: Sequence[Any], references: Sequence[Any],
+                        **options: Any) -> tuple[dict[str, Any], list[float]]:
+    """:func:`score` and the per-example headline score, whose mean is the headline metric: 1/0 for
+    ``IoU >= threshold`` (refcoco), 1/0 for a correct label (snli_ve), the VQA soft accuracy (vqa), the
+    image's CIDEr-D (caption). The per-example scores are what intervals are bootstrapped over
+    (:mod:`mmprompt.eval.stats`)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}; got {task!r}")
     _check_lengths(predictions, references)
@@ -394,13 +415,14 @@ def score(task: str, predictions: Sequence[Any], references: Sequence[Any], **op
     if task == "refcoco":
         ious = paired_iou(predictions, references)
         thr = options.get("threshold", 0.5)
-        return {"acc@0.5" if thr == 0.5 else f"acc@{thr}": acc_at_05(predictions, references, thr),
-                "mean_iou": float(np.mean(ious)), "n": n}
+        hits = [float(x) for x in ious >= thr]
+        return ({"acc@0.5" if thr == 0.5 else f"acc@{thr}": acc_at_05(predictions, references, thr),
+                 "mean_iou": float(np.mean(ious)), "n": n}, hits)
     if task == "snli_ve":
-        return {"accuracy": ve_accuracy(predictions, references), "n": n}
+        hits = [float(_ve_label(p) == _ve_label(g)) for p, g in zip(predictions, references, strict=True)]
+        return {"accuracy": ve_accuracy(predictions, references), "n": n}, hits
     if task == "vqa":
-        return {"accuracy": vqa_accuracy(predictions, references, **options), "n": n}
-    out: dict[str, Any] = dict(caption_scores(predictions, references, **options))
-    out["n"] = n
-    return out
-
+        accs = [vqa_accuracy_single(p, r, **options) for p, r in zip(predictions, references, strict=True)]
+        return {"accuracy": float(np.mean(accs)), "n": n}, accs
+    out, per_image = _caption_scores(predictions, references, **options)
+    return {**out, "n": n}, per_image

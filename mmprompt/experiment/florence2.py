@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 
 from mmprompt.core.atomic import atomic_dir
 from mmprompt.core.modes import training_mode
-from mmprompt.eval import metrics
-from mmprompt.eval.evaluation import EvalResult, EvalSettings
+from mmprompt.eval.evaluation import EvalResult, EvalSettings, score_predictions
 from mmprompt.experiment.profiles import Profile
 from mmprompt.models.florence2.model import decode_predictions, enable_checkpointing, generate_for_batch, load_florence2
 from mmprompt.models.florence2.data import (
@@ -70,11 +69,7 @@ def evaluate_florence2(model: torch.nn.Module, dataset: Florence2TaskDataset,
             preds += out
             refs += [r["box"] for r in batch["refs"]] if task == "refcoco" else batch["refs"]
             rows += [{"id": i, "prediction": p, "reference": r} for i, p, r in zip(batch["ids"], out, batch["refs"])]
-    if task == "refcoco":
-        preds = [p if p is not None else [0.0, 0.0, 0.0, 0.0] for p in preds]
-    fast_caption = task == "caption" and not s.full_caption_metrics
-    options = {"tokenizer": "python", "meteor": False, "spice": False} if fast_caption else {}
-    return EvalResult(task, metrics.score(task, preds, refs, **options), rows)
+    return score_predictions(task, preds, refs, s, rows=rows)
 
 
 # ------------------------------------------------------------------ the backbone object
