@@ -1,7 +1,7 @@
 """mmprompt: prefix tuning of generative multimodal encoder-decoders.
 
 The public entry points are re-exported here lazily (importing ``mmprompt`` stays cheap):
-``load_model``, ``tune``, ``results_table``, ``get_profile``.
+``load_model``, ``tune``, ``tune_seeds``, ``results_table``, ``get_profile``.
 """
 
 from importlib import import_module
@@ -12,6 +12,7 @@ _EXPORTS = {
     "load_model": "mmprompt.experiment.backbones",
     "tune": "mmprompt.experiment.tune",
     "results_table": "mmprompt.experiment.tune",
+    "tune_seeds": "mmprompt.experiment.seeds",
     "get_profile": "mmprompt.experiment.profiles",
 }
 __all__ = sorted(_EXPORTS)

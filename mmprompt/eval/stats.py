@@ -120,6 +120,18 @@ def _check_resamples(n_resamples: int) -> None:
         raise ValueError(f"n_resamples must be an integer >= 100; got {n_resamples!r}")
 
 
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """``seeds`` (training seeds of repeated runs) as a list of distinct integers >= 0, else ValueError."""
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
+        raise ValueError(f"seeds={seeds!r}: must be a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0]
+    if bad:
+        raise ValueError(f"seeds={list(seeds)!r}: {bad} are not integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={list(seeds)!r}: seeds must be distinct")
+    return [int(s) for s in seeds]
+
+
 # ------------------------------------------------------------------------------- Student t
 
 

@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if is_main_process():
         record = {k: v for k, v in dataclasses.asdict(dataclasses.replace(result, model=None)).items()
-                  if k != "model"}
-        record.update(model_dir=str(args.model_dir), data_dir=args.data_dir, profile=args.profile, recipe=recipe)
+                  if k != "model" and not k.startswith("_")}
+        record.update(model_dir=str(args.model_dir), data_dir=args.data_dir, profile=args.profile, recipe=recipe,
+                      intervals={s: result.interval(s).as_dict() for s, v in result.per_example.items() if len(v) > 1})
         if args.out:
             write_json(args.out, record, sort_keys=True, allow_nan=False)
         logger.info("%s / %s: %s = %.4f (validation), %s trainable parameters", args.task, result.method,

@@ -72,6 +72,7 @@ class Profile:
     drop_path_rate: float | None = None  # OFA models' encoder/decoder drop-path; None: the checkpoint's
     drop_worst_ratio: float = 0.0  # OFA's caption stage 1: drop this share of the worst target tokens ...
     drop_worst_after: int = 0  # ... after this many updates
+    patience: int | None = None  # stop after this many validations without improvement (None: full budget)
 
     def __post_init__(self) -> None:
         checks = (
@@ -92,6 +93,7 @@ class Profile:
              "None or a number in [0, 1)"),
             ("drop_worst_ratio", self.drop_worst_ratio, lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
             ("drop_worst_after", self.drop_worst_after, lambda v: _int(v) and v >= 0, "an integer >= 0"),
+            ("patience", self.patience, lambda v: v is None or (_int(v) and v >= 1), "None or an integer >= 1"),
         )
         for name, value, ok, allowed in checks:
             if not ok(value):
@@ -201,6 +203,30 @@ RECIPES: dict[str, dict[str, Any]] = {
                                       lr=3e-2, drop_path_rate=0.2, image_size=480, eval_every=500,
                                       label_smoothing=0.1, warmup_ratio=0.06, beam_size=5),
 }
+
+
+#: ``tune(..., budget=...)``: ``"fixed"`` is the profile's own budget; ``"converge"`` a budget to convergence:
+#: a step cap well above the fixed budget, validation every ``eval_every`` steps, and early stopping after
+#: ``patience`` validations without improvement (the best checkpoint is restored). The paper trains prompt
+#: tuning for many more epochs than finetuning; this lets every method run until its validation score stops
+#: rising instead of giving all of them the same steps.
+BUDGETS: tuple[str, ...] = ("fixed", "converge")
+CONVERGE: dict[str, dict[str, Any]] = {
+    "ci": dict(steps=24, eval_every=8, patience=1),
+    "cpu": dict(steps=3000, eval_every=200, patience=3),
+}
+
+
+def budget_overrides(profile: str, budget: str) -> dict[str, Any]:
+    """The Profile fields that ``budget`` sets on ``profile`` (none for ``"fixed"``)."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r}: allowed {BUDGETS}")
+    if budget == "fixed":
+        return {}
+    if profile not in CONVERGE:
+        raise ValueError(f"budget='converge' is defined for the profiles {sorted(CONVERGE)}, not {profile!r}; "
+                         "the gpu profile trains the paper's epochs (give recipe={'patience': N} to stop early)")
+    return dict(CONVERGE[profile])
 
 
 def named_recipe(name: str) -> dict[str, Any]:

@@ -35,9 +35,11 @@ from mmprompt.data import ensure_synthetic
 from mmprompt.data.ofa_files import check_run_files, scored_splits, split_file, write_vqa_submission
 from mmprompt.eval.distributed import evaluate_sharded, shared_tempdir
 from mmprompt.eval.evaluation import MAIN_METRIC, EvalResult
+from mmprompt.eval.stats import Estimate, estimate
 from mmprompt.data.tasks import TASKS
 from mmprompt.experiment.backbones import Backbone
-from mmprompt.experiment.profiles import SPLITS, Profile, get_profile, named_recipe, resolve_profile
+from mmprompt.experiment.profiles import SPLITS, Profile, budget_overrides, get_profile, named_recipe, \
+    resolve_profile
 from mmprompt.training import TrainConfig, train
 from mmprompt.training.distributed import init_distributed, is_main_process
 from mmprompt.tuning import FinetuneConfig, apply_method, count_parameters
@@ -47,7 +49,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TuneResult:
-    """What one tuning run did and scored. ``metrics`` maps split → metric → value."""
+    """What one tuning run did and scored. ``metrics`` maps split → metric → value; ``per_example`` maps
+    split → the headline metric of every scored example (the data of the intervals, :meth:`interval`);
+    ``budget`` states the training budget and how much of it ran (see :func:`resolve_settings`' ``budget``).
+
+    The evaluation protocol: the checkpoint is selected on the validation split (the first of
+    ``metrics``; :attr:`score`), the test splits are the reported numbers (:attr:`test_splits`)."""
 
     task: str
     method: str
@@ -59,7 +66,11 @@ class TuneResult:
     steps: int
     history: list[dict[str, Any]] = field(default_factory=list)
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    per_example: dict[str, list[float]] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
     model: torch.nn.Module | None = None
+    _intervals: dict[str, Estimate] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def metric(self) -> str:
@@ -67,14 +78,34 @@ class TuneResult:
 
     @property
     def score(self) -> float:
-        """The task's headline metric on its validation split."""
+        """The task's headline metric on its validation split (what checkpoints are selected on)."""
         return float(self.metrics[SPLITS[self.task][0]][self.metric])
 
+    @property
+    def test_splits(self) -> tuple[str, ...]:
+        """The scored test splits: the numbers to report."""
+        return tuple(s for s in self.metrics if s in SPLITS[self.task][1])
+
+    def interval(self, split: str | None = None) -> Estimate:
+        """The headline metric of ``split`` (default: the validation split) with its 95 % bootstrap interval
+        over examples (:func:`mmprompt.eval.stats.estimate`)."""
+        split = split or SPLITS[self.task][0]
+        if split not in self.per_example:
+            raise ValueError(f"split={split!r}: no per-example scores; scored splits: {sorted(self.per_example)}")
+        if split not in self._intervals:
+            self._intervals[split] = estimate(self.per_example[split], over="examples")
+        return self._intervals[split]
+
     def row(self) -> dict[str, Any]:
-        """A flat record for tables: task, method, trainable share, time and every split's main metric."""
+        """A flat record for tables: task, method, trainable share, time, steps, and every split's main metric
+        with the half-width of its 95 % interval (``<split>_<metric>_±``, None below 2 scored examples)."""
         out = {"task": self.task, "method": self.method, "trainable": self.trainable,
-               "trainable_%": 100.0 * self.trainable / max(self.total, 1), "train_time_s": self.train_time_s}
-        out.update({f"{split}_{self.metric}": m[self.metric] for split, m in self.metrics.items()})
+               "trainable_%": 100.0 * self.trainable / max(self.total, 1), "train_time_s": self.train_time_s,
+               "steps": self.steps}
+        for split, m in self.metrics.items():
+            out[f"{split}_{self.metric}"] = m[self.metric]
+            scored = len(self.per_example.get(split, ())) >= 2
+            out[f"{split}_{self.metric}_±"] = self.interval(split).half_width if scored else None
         return out
 
 
@@ -109,6 +140,7 @@ def _train_config(s: TuneSettings, out_dir: Path, metric: str) -> TrainConfig:
         lr=s.lr, max_steps=profile.steps, epochs=profile.epochs,
         batch_size=profile.batch_size, grad_accum=profile.grad_accum(world_size), eval_every=profile.eval_every,
         metric=metric, mode="max", seed=s.seed, out_dir=out_dir, restore_best=profile.eval_every is not None,
+        early_stopping_patience=profile.patience,
         amp=profile.amp, device=profile.device, progress=s.progress, log_every=max(1, (profile.steps or 100) // 20),
         label_smoothing=profile.label_smoothing, warmup_ratio=profile.warmup_ratio,
         drop_worst_ratio=profile.drop_worst_ratio, drop_worst_after=profile.drop_worst_after,
@@ -187,6 +219,7 @@ def _submit_predicted_only(task: str, data: Path, profile: Profile, scored: dict
                 len(result.predictions), path)
     result.metrics = {MAIN_METRIC[task]: None, "n": len(result.predictions),
                       "submission": str(path)}
+    result.per_example = []
 
 
 @dataclass(frozen=True)
@@ -206,6 +239,7 @@ class TuneSettings:
     keep_model: bool
     progress: bool
     world_size: int
+    budget: str  # "fixed" or "converge" (profiles.BUDGETS)
 
     @property
     def trains(self) -> bool:
@@ -216,7 +250,8 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
                      data_dir: str | os.PathLike | None = None, seed: int = 0, steps: int | None = None,
                      lr: float | None = None, batch_size: int | None = None, eval_examples: int | None = None,
                      test_splits: bool = True, out_dir: str | os.PathLike | None = None, keep_model: bool = False,
-                     progress: bool = True, recipe: dict[str, Any] | str | None = None) -> TuneSettings:
+                     progress: bool = True, recipe: dict[str, Any] | str | None = None,
+                     budget: str = "fixed") -> TuneSettings:
     """Check every option of :func:`tune` and resolve the profile, method config, data and splits.
 
     ``method``: a name from the method registry (:data:`mmprompt.tuning.registry.METHODS`; a prompt method
@@ -226,6 +261,12 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
     ``{"epochs": 50, "effective_batch_size": 256, "image_size": 384, "ema_decay": None}``; None sets None) or
     the name of one of :data:`mmprompt.experiment.profiles.RECIPES` (e.g. ``"ofa-refcoco-prefix-script"``).
     With ``keep_model`` the tuned model is returned in the result.
+
+    ``budget``: ``"fixed"`` trains the profile's steps/epochs; ``"converge"`` trains up to the profile's
+    convergence cap and stops early when the validation metric has not improved for ``patience``
+    evaluations (:data:`mmprompt.experiment.profiles.CONVERGE`; ``steps``/``recipe`` still override it).
+    Either way the best validation checkpoint is restored when the profile validates during training, the
+    validation and test splits are scored, and ``result.budget`` states the budget and the steps it took.
     """
     _check_task(task)
     name, config = resolve_method(method)
@@ -238,7 +279,8 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
     both = sorted(set(given) & set(recipe or {}))
     if both:
         raise ValueError(f"{both} given both as keyword and in recipe={recipe!r}; give each once")
-    prof = resolve_profile(profile, task, name, backbone.ofa_size, **given, **(recipe or {}))
+    overrides = {**budget_overrides(profile, budget), **given, **(recipe or {})}
+    prof = resolve_profile(profile, task, name, backbone.ofa_size, **overrides)
     if isinstance(method, str) and config is not None:
         config = _named_config(name, config, prof)
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
@@ -251,7 +293,7 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
     return TuneSettings(task=task, method=name, config=config, profile=prof, data=data, val_split=val_split,
                         test_splits=tests, seed=seed, lr=lr if lr is not None or config is None else prof.lr_for(name),
                         out_dir=Path(out_dir) if out_dir is not None else None, keep_model=keep_model,
-                        progress=progress, world_size=world)
+                        progress=progress, world_size=world, budget=budget)
 
 
 def tune(backbone: Backbone, task: str, method: str | object = "prefix", **options: Any) -> TuneResult:
@@ -259,7 +301,7 @@ def tune(backbone: Backbone, task: str, method: str | object = "prefix", **optio
 
     ``options`` are the keywords of :func:`resolve_settings` (``profile``, ``data_dir``, ``seed``, ``steps``,
     ``lr``, ``batch_size``, ``eval_examples``, ``test_splits``, ``out_dir``, ``keep_model``, ``progress``,
-    ``recipe``); all of them are checked before any work starts.
+    ``recipe``, ``budget``); all of them are checked before any work starts.
     """
     settings = resolve_settings(backbone, task, method, **options)
     with _tf32(settings.profile.tf32):
@@ -275,7 +317,7 @@ def run_tuning(backbone: Backbone, s: TuneSettings) -> TuneResult:
         apply_method(model, s.config)
     counts = count_parameters(model) if s.trains else {"trainable": 0, "total": _n_params(model)}
     start = time.time()
-    history, n_steps = _train(backbone, model, s) if s.trains else ([], 0)
+    history, n_steps, spent = _train(backbone, model, s) if s.trains else ([], 0, {})
     train_time = time.time() - start
     model.to(s.profile.device)  # zero-shot: the copy is still where the backbone is; evaluation runs on the device
     model.eval()
@@ -285,12 +327,16 @@ def run_tuning(backbone: Backbone, s: TuneSettings) -> TuneResult:
         task=s.task, method=s.method, config=dataclasses.asdict(s.config) if s.trains else {},
         metrics={split: r.metrics for split, r in scored.items()}, trainable=counts["trainable"],
         total=counts["total"], train_time_s=round(train_time, 2), steps=n_steps, history=history,
-        predictions=scored[s.val_split].predictions, model=model if s.keep_model else None,
+        predictions=scored[s.val_split].predictions,
+        per_example={split: r.per_example for split, r in scored.items()}, budget={"budget": s.budget, **spent},
+        seed=s.seed, model=model if s.keep_model else None,
     )
 
 
-def _train(backbone: Backbone, model: torch.nn.Module, s: TuneSettings) -> tuple[list[dict[str, Any]], int]:
-    """The training loop on the train split, validated on the validation split; (history, steps)."""
+def _train(backbone: Backbone, model: torch.nn.Module,
+           s: TuneSettings) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+    """The training loop on the train split, validated on the validation split; (history, steps, the budget:
+    its caps and what ran of it)."""
     prof = s.profile
     train_ds = split_dataset(backbone, s.task, s.data, "train", prof, expand_refs=s.task == "caption")
     val_ds = split_dataset(backbone, s.task, s.data, s.val_split, prof)
@@ -308,7 +354,11 @@ def _train(backbone: Backbone, model: torch.nn.Module, s: TuneSettings) -> tuple
                     prof.effective_batch_size, cfg.epochs, cfg.max_steps)
         result = train(model, train_ds, cfg, collate_fn=train_ds.collater,
                        eval_fn=eval_fn if prof.eval_every else None)
-    return result.history, result.steps
+    spent = {"max_steps": cfg.max_steps, "epochs": cfg.epochs, "eval_every": cfg.eval_every,
+             "patience": cfg.early_stopping_patience, "steps": result.steps, "best_step": result.best_step,
+             "stop_reason": result.stop_reason,
+             "examples": result.steps * cfg.batch_size * cfg.grad_accum * s.world_size}
+    return result.history, result.steps, spent
 
 
 @torch.no_grad()
@@ -361,8 +411,9 @@ def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def results_table(results: list[TuneResult]):
-    """A pandas DataFrame with one row per result (see :meth:`TuneResult.row`)."""
+def results_table(results: list):
+    """A pandas DataFrame with one row per result (:meth:`TuneResult.row`, or
+    :meth:`mmprompt.experiment.seeds.SeedResults.row`: means and interval half-widths ``<split>_<metric>_±``)."""
     import pandas as pd
 
     return pd.DataFrame([r.row() for r in results])
