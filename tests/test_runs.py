@@ -46,6 +46,28 @@ def test_parse_value_like_papermill():
         True, False, None, 3, 0.5, 0.001, "cpu"]
 
 
+def test_parse_value_reads_json_lists_and_rejects_broken_ones():
+    assert params.parse_value("[0,1,2]") == [0, 1, 2]
+    assert params.parse_value('["a", 0.5]') == ["a", 0.5]
+    assert params.parse_value("a[0]") == "a[0]"  # only text that starts with '[' is a list
+    with pytest.raises(ValueError, match=r"'\[0,1' starts with '\[' but is not a JSON list"):
+        params.parse_value("[0,1")
+
+
+def test_seeds_parameter_parses_to_a_list_and_is_validated(tmp_path):
+    args = runs_cli._build_parser().parse_args(["run", "nb.ipynb", "-p", "seeds", "[0,1,2]", "--profile", "cpu"])
+    assert runs_cli._grid_from_args(args) == {"profile": ["cpu"], "seeds": [[0, 1, 2]]}
+    assert params.validate_params(seeds=[0, 1, 2]) == {"seeds": [0, 1, 2]}
+    for bad in ([], [0, 0], [0, -1], [0.5], "0,1,2", 3, [True]):
+        with pytest.raises(ValueError, match=r"seeds=.*allowed: a non-empty list of distinct integers >= 0"):
+            params.validate_params(seeds=bad)
+    nb = make_notebook(tmp_path / "nb.ipynb", GOOD_BODY, params="profile = 'ci'\nseeds = [0]\nx = 1\nrun_dir = None")
+    with pytest.raises(ValueError, match=r"seeds=\[1, 1\]"):
+        runs.execute_run(nb, {"seeds": [1, 1]}, RunConfig(out=tmp_path / "out"))
+    assert runs_cli.main(["run", str(nb), "-p", "seeds", "[0,1", "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
 def test_run_id_is_deterministic_with_profile_first():
     assert run_id_for({"length": 64, "profile": "cpu"}) == "profile-cpu_length-64"
     assert run_id_for({"profile": "cpu", "length": 64}) == "profile-cpu_length-64"

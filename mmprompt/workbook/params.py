@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmprompt.data.tasks import TASKS
+from mmprompt.eval.stats import check_seeds
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,23 @@ def optional_path() -> ParamRule:
                      "None or a non-empty path string")
 
 
+def seed_list() -> ParamRule:
+    """A non-empty list of distinct integers >= 0 (training seeds, e.g. ``[0, 1, 2]``)."""
+
+    def ok(v: Any) -> bool:
+        try:
+            check_seeds(v)
+        except ValueError:
+            return False
+        return isinstance(v, list)
+
+    return ParamRule(ok, "a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]")
+
+
 COMMON_RULES: dict[str, ParamRule] = {
     "profile": one_of(*PROFILES),
     "seed": int_range(0),
+    "seeds": seed_list(),
     "task": one_of(*TASKS),
     RUN_DIR_PARAM: optional_path(),
     "model_dir": optional_path(),
@@ -128,7 +143,17 @@ def to_json(value: Any, where: str) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """Parse a CLI value like papermill's ``-p``: True/False/None, int, float, else the string."""
+    """Parse a CLI value like papermill's ``-p``: True/False/None, int, float, a JSON list (``"[0,1,2]"``),
+    else the string. Text that starts with ``[`` but is not a JSON list is a ValueError."""
+    if text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"value {text!r} starts with '[' but is not a JSON list ({exc.msg}); "
+                             'allowed: e.g. "[0,1,2]" or \'["a","b"]\'') from exc
+        if not isinstance(value, list):
+            raise ValueError(f"value {text!r} starts with '[' but is not a JSON list")
+        return value
     if text in ("True", "False", "None"):
         return {"True": True, "False": False, "None": None}[text]
     for cast in (int, float):
