@@ -227,8 +227,7 @@ def difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
         if len(xa) != len(xb):
             raise ValueError(f"paired=True needs a and b of the same length (one score per example or "
                              f"seed, in the same order); got {len(xa)} and {len(xb)}")
-        est = estimate(xa - xb, over=over, confidence=confidence, n_resamples=n_resamples, seed=seed)
-        return est
+        return estimate(xa - xb, over=over, confidence=confidence, n_resamples=n_resamples, seed=seed)
     mean = float(xa.mean() - xb.mean())
     n = min(len(xa), len(xb))
     if over == "seeds":
