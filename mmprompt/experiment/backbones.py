@@ -7,7 +7,7 @@ transformers. Both kinds implement :class:`Backbone`, the one interface the expe
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from mmprompt.core.checks import read_json
 from mmprompt.data import TaskDataset, build_ofa_tokenizer, load_tokenizer
 from mmprompt.eval.evaluation import EvalResult, EvalSettings, evaluate
 from mmprompt.data.ofa_files import ofa_dataset_kwargs
@@ -123,7 +124,23 @@ def _model_type(directory: Path) -> str:
     config = directory / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"model directory {str(directory)!r} has no config.json")
-    return json.loads(config.read_text(encoding="utf-8")).get("model_type", "ofa")
+    data = read_json(config, "config file")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(config)!r}: expected a JSON object, got {type(data).__name__}")
+    return data.get("model_type", "ofa")
+
+
+def model_path(name_or_dir: str | os.PathLike) -> Path:
+    """The directory a backbone name (shipped) or path stands for."""
+    name = os.fspath(name_or_dir)
+    return checkpoints_dir() / name if name in SHIPPED else Path(name)
+
+
+def _check_overrides(overrides: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(OFAConfig)} - {"extra"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"load_model overrides {unknown}: not OFAConfig fields; allowed {sorted(known)}")
 
 
 def _is_hub_id(name: str) -> bool:
@@ -146,15 +163,18 @@ def _download(repo_id: str) -> Path:
 
 
 def load_model(name_or_dir: str | os.PathLike = DEFAULT_BACKBONE, *, pretrained: bool = True,
-               device: str | torch.device = "cpu", seed: int = 0):
+               device: str | torch.device = "cpu", seed: int = 0, strict: bool = True, **overrides: Any):
     """Load a backbone by shipped name (``ofa-nano``, ``ofa-nano-small``), from a local directory, or from a
     hub id (``org/name``, downloaded where there is network; a clear error offline).
 
     ``pretrained=False`` builds the same architecture with random weights (seeded) and the same
-    tokenizer — the from-scratch baseline of the transfer study.
+    tokenizer — the from-scratch baseline of the transfer study. ``overrides`` replace fields of an OFA
+    directory's ``config.json`` (e.g. ``patch_image_size=384``, ``dropout=0.0``); a config.json without
+    ``patch_image_size`` (OFA-Sys') takes the size of the preset whose dimensions it matches. The weights'
+    keys must match the model's (``strict=False``: load what matches, log the rest).
     """
     name = os.fspath(name_or_dir)
-    directory = checkpoints_dir() / name if name in SHIPPED else Path(name)
+    directory = model_path(name)
     if not directory.is_dir() and _is_hub_id(name):
         directory = _download(name)
     if not directory.is_dir():
@@ -162,6 +182,8 @@ def load_model(name_or_dir: str | os.PathLike = DEFAULT_BACKBONE, *, pretrained:
         raise FileNotFoundError(f"backbone={name!r}: no directory {str(directory)!r} ({hint})")
     kind = _model_type(directory)
     if kind == "florence2":
+        if overrides or not strict:
+            raise ValueError(f"config overrides {sorted(overrides)} / strict=False: only for OFA backbones")
         if not pretrained:
             raise ValueError("pretrained=False is only supported for OFA backbones")
         from mmprompt.experiment.florence2 import florence2_backbone
@@ -171,9 +193,13 @@ def load_model(name_or_dir: str | os.PathLike = DEFAULT_BACKBONE, *, pretrained:
         return backbone
     if kind != "ofa":
         raise ValueError(f"backbone={name!r}: config.json model_type={kind!r}; allowed 'ofa' or 'florence2'")
+    _check_overrides(overrides)
     tokenizer = _ofa_tokenizer(directory)
     if pretrained:
-        model = from_pretrained(directory)
+        model = from_pretrained(directory, strict=strict, **overrides)
     else:
-        model = OFAModel(OFAConfig.from_json(directory / "config.json"), seed=seed).eval()
+        config = OFAConfig.from_json(directory / "config.json")
+        if overrides:
+            config = OFAConfig.from_dict({**config.to_dict(), **overrides})
+        model = OFAModel(config, seed=seed).eval()
     return OFABackbone(model.to(device), tokenizer, name=Path(name).name, source=str(directory))

@@ -321,7 +321,7 @@ class _Trainer:
         step = self.state.step + 1
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"non-finite loss {loss_value} at step {step}; training "
-                                     "stopped, the last saved checkpoint is untouched")
+                                     f"stopped, {self._saved_note()}")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = cfg.clip_norm if cfg.clip_norm else math.inf
@@ -330,8 +330,7 @@ class _Trainer:
         if not math.isfinite(norm):
             if self.scaler is None:
                 raise NonFiniteLossError(f"non-finite gradient norm {norm} at step {step} (loss "
-                                         f"{loss_value}); training stopped, the last saved "
-                                         "checkpoint is untouched")
+                                         f"{loss_value}); training stopped, {self._saved_note()}")
             skipped = True  # fp16 overflow: GradScaler skips the step and lowers the scale
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -343,6 +342,14 @@ class _Trainer:
         if self.ema is not None and not skipped:
             self.ema.update(self.params)
         return loss_value, norm, skipped
+
+    def _saved_note(self) -> str:
+        """What a stopped run leaves behind, truthfully: the resume point on disk, or that there is none."""
+        last = ck.find_checkpoint(self.out, "last") if self.out else None
+        if last is None:
+            return "no checkpoint was saved" + (" (out_dir=None)" if self.out is None else f" in {self.out}")
+        step = json.loads((last / ck.META).read_text()).get("step")
+        return f"the checkpoint {last} (step {step}) is kept untouched"
 
     def _sync_extra_grads(self) -> None:
         for p in self.extra:

@@ -400,6 +400,7 @@ def apply_prefix(model: nn.Module, config: PrefixConfig) -> PrefixModule:
     if not isinstance(config, PrefixConfig):
         raise ValueError(f"config must be a PrefixConfig, got {type(config).__name__}")
     st.ensure_free(model, PrefixConfig.method)
+    st.check_prompt_length(model, config.length)
     backbone = discover_sites(model)
     plans = plan_sites(backbone, config)
     bank = PrefixModule(config, plans)

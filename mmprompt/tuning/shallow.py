@@ -153,6 +153,7 @@ def apply_shallow_prompt(model: nn.Module, config: ShallowPromptConfig) -> Shall
     if not isinstance(config, ShallowPromptConfig):
         raise ValueError(f"config must be a ShallowPromptConfig, got {type(config).__name__}")
     st.ensure_free(model, ShallowPromptConfig.method)
+    st.check_prompt_length(model, config.length)
     backbone = discover_sites(model)
     if "encoder" not in backbone.stacks:
         raise ValueError(f"{type(model).__name__} has no encoder stack for a shallow prompt")

@@ -44,6 +44,25 @@ def ensure_free(model: nn.Module, name: str) -> None:
         )
 
 
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the backbone's position tables hold (``max_position_embeddings`` of its config or
+    its language model's config), or None when the model does not say."""
+    config = getattr(model, "config", None)
+    for cfg in (config, getattr(config, "text_config", None)):
+        value = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_prompt_length(model: nn.Module, length: int) -> None:
+    """Refuse a prompt longer than the backbone's sequences (before any table is allocated)."""
+    limit = max_positions(model)
+    if limit is not None and length > limit:
+        raise ValueError(f"length={length!r}: longer than the {limit} positions this backbone holds "
+                         f"(max_position_embeddings); allowed 1..{limit}")
+
+
 def begin(model: nn.Module, name: str, config: Any) -> MethodState:
     """Start applying a method; refuses a second method on the same model."""
     ensure_free(model, name)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmprompt.core.checks import check_int, check_number, read_json
+
 from .activations import ACT2FN
 
 logger = logging.getLogger(__name__)
@@ -97,7 +99,19 @@ class OFAConfig:
         self._validate()
 
     # ------------------------------------------------------------------ validation
+    def _check_types(self) -> None:
+        """Every plain field has its declared type (``"dropout": "0.1"`` in a config.json is refused)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int":
+                check_int(f.name, value)
+            elif f.type == "float":
+                check_number(f.name, value)
+            elif f.type in ("bool", "str") and not isinstance(value, bool if f.type == "bool" else str):
+                raise ValueError(f"{f.name}={value!r}: allowed a {f.type}")
+
     def _validate(self) -> None:
+        self._check_types()
         positive = (
             "vocab_size", "max_position_embeddings", "d_model", "encoder_layers", "decoder_layers",
             "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
@@ -165,6 +179,14 @@ class OFAConfig:
             logger.debug("config fields not used by mmprompt's OFA: %s", sorted(extra))
         if kwargs.get("resnet_layers") is not None:
             kwargs["resnet_layers"] = tuple(kwargs["resnet_layers"])
+        if "patch_image_size" not in kwargs:  # an OFA-Sys config.json: the size is the matching preset's
+            preset = matching_preset(kwargs)
+            if preset is None:
+                logger.warning("config has no patch_image_size and matches no preset: using %d; pass "
+                               "patch_image_size=... to override", cls.patch_image_size)
+            else:
+                kwargs["patch_image_size"] = PRESETS[preset]["patch_image_size"]
+                kwargs.setdefault("name", preset)
         return cls(**kwargs, extra=extra)
 
     @classmethod
@@ -173,7 +195,7 @@ class OFAConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(read_json(path, "config file"))
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -223,5 +245,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ofa-nano": _nano(128, 6, 4, 16),
     "ofa-nano-small": _nano(64, 4, 4, 8),
 }
+#: The fields that tell the presets apart (a config whose values all agree is that preset's architecture).
+SHAPE_FIELDS = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
+                "encoder_ffn_dim", "decoder_ffn_dim", "resnet_type")
+
+
+def matching_preset(fields: dict[str, Any]) -> str | None:
+    """The preset whose :data:`SHAPE_FIELDS` equal ``fields``' (absent fields take OFAConfig's defaults)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(OFAConfig) if f.name in SHAPE_FIELDS}
+    shape = {k: fields.get(k, defaults[k]) for k in SHAPE_FIELDS}
+    found = [name for name, preset in PRESETS.items()
+             if all(preset.get(k, defaults[k]) == shape[k] for k in SHAPE_FIELDS)]
+    return found[0] if len(found) == 1 else None
+
+
 REAL_PRESETS = ("ofa-tiny", "ofa-medium", "ofa-base", "ofa-large", "ofa-huge")
 DEFAULT_PRESET = "ofa-nano"

@@ -5,8 +5,10 @@ A directory holds ``config.json`` and the weights as ``model.safetensors`` or ``
 Only safe loading is used (safetensors, or ``torch.load(weights_only=True)``).
 
 Checkpoint keys are matched to the model's state-dict names; keys shaped differently are refused
-before anything is loaded (the message names each key and both shapes); missing and unexpected keys
-are logged and returned in a :class:`LoadReport` (``strict=True`` turns them into an error). The
+before anything is loaded (the message names each key and both shapes). Missing and unexpected keys are
+an error by default (a renamed prefix or a config with more layers than the file would otherwise leave
+random weights behind a successful load); ``strict=False`` loads anyway, logs them and returns them in a
+:class:`LoadReport`. The
 relative-position bucket buffers that OFA-Sys checkpoints carry are rebuilt from the published
 formulas instead of loaded; when a checkpoint has them, they are compared with the rebuilt ones and
 any difference is reported.
@@ -138,14 +140,22 @@ def load_state_dict_into(model: OFAModel, state: dict[str, torch.Tensor], strict
             continue  # BatchNorm bookkeeping; no effect on outputs
         report.missing_keys.append(key)
     if strict and (report.missing_keys or report.unexpected_keys):
-        raise ValueError(
-            f"strict loading of {source} failed: missing keys {report.missing_keys}, "
-            f"unexpected keys {report.unexpected_keys}"
-        )
+        raise ValueError(f"the weights of {source} do not match the model: {_keys_summary(report)}; a checkpoint "
+                         "of another architecture or key naming? strict=False loads it anyway (missing weights "
+                         "keep their random initial values)")
     _warn_differing_aliases(to_load, aliases)
     model.load_state_dict(to_load, strict=False)
     _log_report(report)
     return report
+
+
+def _keys_summary(report: LoadReport, shown: int = 3) -> str:
+    parts = []
+    for what, keys in (("missing", report.missing_keys), ("unexpected", report.unexpected_keys)):
+        if keys:
+            more = f", … ({len(keys) - shown} more)" if len(keys) > shown else ""
+            parts.append(f"{len(keys)} {what} keys ({', '.join(keys[:shown])}{more})")
+    return " and ".join(parts)
 
 
 def _warn_differing_aliases(to_load: dict[str, torch.Tensor], aliases: dict[str, list[str]]) -> None:
@@ -174,15 +184,16 @@ def _log_report(report: LoadReport) -> None:
 def from_pretrained(
     path: str | Path,
     *,
-    strict: bool = False,
+    strict: bool = True,
     output_loading_info: bool = False,
     dtype: torch.dtype | None = None,
     **config_overrides,
 ) -> OFAModel | tuple[OFAModel, LoadReport]:
     """Build an :class:`OFAModel` from an OFA-Sys HF-style directory (``config.json`` + weights).
 
-    ``config_overrides`` replace config.json fields (e.g. ``dropout=0.0``). With
-    ``output_loading_info`` the :class:`LoadReport` is returned too.
+    ``config_overrides`` replace config.json fields (e.g. ``dropout=0.0``). Keys of the file and the model
+    must match (``strict=False``: load what matches, report the rest). With ``output_loading_info`` the
+    :class:`LoadReport` is returned too.
     """
     directory = Path(path)
     _check_directory(directory)
