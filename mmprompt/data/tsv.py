@@ -133,8 +133,26 @@ def encode_image(image: Image.Image, fmt: str = "JPEG", **save_kwargs) -> str:
     return base64.urlsafe_b64encode(buf.getvalue()).decode("ascii")
 
 
+#: The bytes a complete file of each format ends with (a truncated row loses them).
+_TRAILERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def _check_complete(img: Image.Image, raw: bytes) -> None:
+    """Raise :class:`RowProblem` if the encoded image was cut short: JPEG/PNG must end with their end marker
+    (no pixel decoding); other formats are decoded in full."""
+    trailer = _TRAILERS.get(img.format or "")
+    if trailer is None:
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            raise RowProblem("image", f"corrupt {img.format} image: not decodable ({err})") from None
+    elif not raw.rstrip(b"\x00").endswith(trailer):
+        raise RowProblem("image", f"truncated {img.format} image: the data ends before its end marker")
+
+
 def decode_image(b64: str, mode: str = "full") -> Image.Image:
-    """Decode a base64 image (URL-safe or standard alphabet). ``mode="header"`` reads only the header.
+    """Decode a base64 image (URL-safe or standard alphabet). ``mode="header"`` reads only the header (and
+    checks that the data is complete, so a truncated row is caught when a file is indexed).
 
     Raises :class:`RowProblem` describing the problem (bad base64, not an image, truncated data).
     """
@@ -151,6 +169,8 @@ def decode_image(b64: str, mode: str = "full") -> Image.Image:
             img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise RowProblem("image", f"corrupt base64 image: not a decodable image ({err})") from None
+    if mode != "full":
+        _check_complete(img, raw)
     return img
 
 
