@@ -19,6 +19,7 @@ import logging
 import sys
 from typing import Any
 
+from mmprompt.core.checks import check_apart
 from mmprompt.training.distributed import barrier, is_main_process
 
 logger = logging.getLogger("mmprompt.experiment.cli")
@@ -53,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--eval-examples", type=int, default=None)
     p.add_argument("--recipe", default=None, help="JSON object of profile fields, e.g. '{\"epochs\": 50}'")
-    p.add_argument("--out-dir", default=None, help="checkpoints and metrics.jsonl of the training loop")
+    p.add_argument("--out-dir", default=None, help="checkpoints and metrics.jsonl of the training loop (never "
+                   "replaced: an --out-dir holding a run needs --resume; it may not overlap --model-dir)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last checkpoint")
     p.add_argument("--out", default=None, help="write the result as JSON here (rank 0 only)")
     p.add_argument("--no-test-splits", action="store_true", help="score the validation split only")
     return p
@@ -64,19 +67,25 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from mmprompt.core.atomic import write_json
-    from mmprompt.experiment.backbones import load_model
+    from mmprompt.experiment.backbones import load_model, model_path
     from mmprompt.experiment.tune import tune
+    from mmprompt.training import NonFiniteLossError
 
     try:
         recipe = _recipe(args.recipe)
+        if args.out_dir is not None:
+            check_apart("--out-dir", args.out_dir, "--model-dir", model_path(args.model_dir))
         backbone = load_model(args.model_dir, seed=args.seed)
         result = tune(backbone, args.task, args.method, profile=args.profile, data_dir=args.data_dir,
                       seed=args.seed, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                       eval_examples=args.eval_examples, test_splits=not args.no_test_splits, out_dir=args.out_dir,
-                      progress=is_main_process(), recipe=recipe)
+                      progress=is_main_process(), recipe=recipe, resume=args.resume)
     except (ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
+    except NonFiniteLossError as exc:
+        logger.error("%s", exc)
+        return 3
     if is_main_process():
         record = {k: v for k, v in dataclasses.asdict(dataclasses.replace(result, model=None)).items()
                   if k != "model" and not k.startswith("_")}

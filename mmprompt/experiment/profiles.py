@@ -73,6 +73,7 @@ class Profile:
     drop_worst_ratio: float = 0.0  # OFA's caption stage 1: drop this share of the worst target tokens ...
     drop_worst_after: int = 0  # ... after this many updates
     patience: int | None = None  # stop after this many validations without improvement (None: full budget)
+    save_every: int | None = None  # steps between resume points (None: at each evaluation and at the end)
 
     def __post_init__(self) -> None:
         checks = (
@@ -94,6 +95,7 @@ class Profile:
             ("drop_worst_ratio", self.drop_worst_ratio, lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
             ("drop_worst_after", self.drop_worst_after, lambda v: _int(v) and v >= 0, "an integer >= 0"),
             ("patience", self.patience, lambda v: v is None or (_int(v) and v >= 1), "None or an integer >= 1"),
+            ("save_every", self.save_every, lambda v: v is None or (_int(v) and v >= 1), "None or an integer >= 1"),
         )
         for name, value, ok, allowed in checks:
             if not ok(value):
@@ -121,7 +123,7 @@ PROFILES: dict[str, Profile] = {
                    beam_size=5, lr=NANO_LR),
     "gpu": Profile("gpu", None, steps=None, epochs=40, batch_size=16, eval_examples=None, eval_every=None,
                    beam_size=5, lr=GPU_LR, amp="bf16", device="cuda", effective_batch_size=128, image_size=480,
-                   num_workers=4, tf32=True, convention="ofa"),
+                   num_workers=4, tf32=True, convention="ofa", save_every=500),
 }
 
 #: The ``gpu`` profile per task: :class:`Profile` field values for the prompt-style methods (``"prompt"``:

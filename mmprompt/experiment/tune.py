@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from mmprompt.core.checks import check_apart
 from mmprompt.core.modes import training_mode
 from mmprompt.data import ensure_synthetic
 from mmprompt.data.ofa_files import check_run_files, scored_splits, split_file, write_vqa_submission
@@ -41,6 +42,7 @@ from mmprompt.experiment.backbones import Backbone
 from mmprompt.experiment.profiles import SPLITS, Profile, budget_overrides, get_profile, named_recipe, \
     resolve_profile
 from mmprompt.training import TrainConfig, train
+from mmprompt.training.checkpoint import find_checkpoint
 from mmprompt.training.distributed import init_distributed, is_main_process
 from mmprompt.tuning import FinetuneConfig, apply_method, count_parameters
 from mmprompt.tuning.registry import method_spec
@@ -139,8 +141,8 @@ def _train_config(s: TuneSettings, out_dir: Path, metric: str) -> TrainConfig:
     return TrainConfig(
         lr=s.lr, max_steps=profile.steps, epochs=profile.epochs,
         batch_size=profile.batch_size, grad_accum=profile.grad_accum(world_size), eval_every=profile.eval_every,
-        metric=metric, mode="max", seed=s.seed, out_dir=out_dir, restore_best=profile.eval_every is not None,
-        early_stopping_patience=profile.patience,
+        metric=metric, mode="max", seed=s.seed, out_dir=out_dir, resume=s.resume, save_every=profile.save_every,
+        restore_best=profile.eval_every is not None, early_stopping_patience=profile.patience,
         amp=profile.amp, device=profile.device, progress=s.progress, log_every=max(1, (profile.steps or 100) // 20),
         label_smoothing=profile.label_smoothing, warmup_ratio=profile.warmup_ratio,
         drop_worst_ratio=profile.drop_worst_ratio, drop_worst_after=profile.drop_worst_after,
@@ -240,6 +242,7 @@ class TuneSettings:
     progress: bool
     world_size: int
     budget: str  # "fixed" or "converge" (profiles.BUDGETS)
+    resume: bool = False  # continue the run in out_dir from its last/ checkpoint
 
     @property
     def trains(self) -> bool:
@@ -251,7 +254,7 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
                      lr: float | None = None, batch_size: int | None = None, eval_examples: int | None = None,
                      test_splits: bool = True, out_dir: str | os.PathLike | None = None, keep_model: bool = False,
                      progress: bool = True, recipe: dict[str, Any] | str | None = None,
-                     budget: str = "fixed") -> TuneSettings:
+                     budget: str = "fixed", resume: bool = False) -> TuneSettings:
     """Check every option of :func:`tune` and resolve the profile, method config, data and splits.
 
     ``method``: a name from the method registry (:data:`mmprompt.tuning.registry.METHODS`; a prompt method
@@ -267,8 +270,15 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
     evaluations (:data:`mmprompt.experiment.profiles.CONVERGE`; ``steps``/``recipe`` still override it).
     Either way the best validation checkpoint is restored when the profile validates during training, the
     validation and test splits are scored, and ``result.budget`` states the budget and the steps it took.
+
+    ``out_dir`` keeps the training loop's checkpoints (``last/`` every ``save_every`` steps or at each
+    evaluation) and ``metrics.jsonl``. A directory that already holds a run is never replaced: pass
+    ``resume=True`` to continue it from ``last/`` (same seed and threads: the same weights and metrics as an
+    uninterrupted run), or choose another ``out_dir``. ``out_dir`` may not be, contain or lie inside the
+    backbone's model directory.
     """
     _check_task(task)
+    _check_out_dir(out_dir, backbone, resume)
     name, config = resolve_method(method)
     if isinstance(recipe, str):
         recipe = named_recipe(recipe)
@@ -293,7 +303,22 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
     return TuneSettings(task=task, method=name, config=config, profile=prof, data=data, val_split=val_split,
                         test_splits=tests, seed=seed, lr=lr if lr is not None or config is None else prof.lr_for(name),
                         out_dir=Path(out_dir) if out_dir is not None else None, keep_model=keep_model,
-                        progress=progress, world_size=world, budget=budget)
+                        progress=progress, world_size=world, budget=budget, resume=resume)
+
+
+def _check_out_dir(out_dir: str | os.PathLike | None, backbone: Backbone, resume: bool) -> None:
+    """Refuse an ``out_dir`` that would overwrite the model or an earlier run (before any work)."""
+    if out_dir is None:
+        if resume:
+            raise ValueError("resume=True needs out_dir (the directory of the run to continue)")
+        return
+    source = getattr(backbone, "source", None)
+    if source is not None:
+        check_apart("out_dir", out_dir, "the model directory", source)
+    held = [n for n in ("last", "best") if find_checkpoint(out_dir, n) is not None]
+    if held and not resume:
+        raise ValueError(f"out_dir={str(out_dir)!r} already holds a tuning run ({', '.join(held)}/); allowed: "
+                         "resume=True (--resume) to continue it, or an out_dir without a run")
 
 
 def tune(backbone: Backbone, task: str, method: str | object = "prefix", **options: Any) -> TuneResult:
@@ -301,7 +326,7 @@ def tune(backbone: Backbone, task: str, method: str | object = "prefix", **optio
 
     ``options`` are the keywords of :func:`resolve_settings` (``profile``, ``data_dir``, ``seed``, ``steps``,
     ``lr``, ``batch_size``, ``eval_examples``, ``test_splits``, ``out_dir``, ``keep_model``, ``progress``,
-    ``recipe``, ``budget``); all of them are checked before any work starts.
+    ``recipe``, ``budget``, ``resume``); all of them are checked before any work starts.
     """
     settings = resolve_settings(backbone, task, method, **options)
     with _tf32(settings.profile.tf32):
