@@ -11,15 +11,17 @@ the new checkpoint, never a mixture.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mmprompt.core.atomic import atomic_dir, stale_temp_dirs, write_json
@@ -119,19 +121,28 @@ class Checkpoint:
     state: dict[str, Any] | None = None
 
 
+def _read(path: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(path)``; a damaged file (truncated, overwritten) raises ValueError naming it."""
+    try:
+        return read(path)
+    except (OSError, EOFError, RuntimeError, ValueError, SafetensorError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"checkpoint file {str(path)!r} is damaged ({type(exc).__name__}: {exc}); nothing was "
+                         "changed: restore it, or start the run in another directory") from None
+
+
 def read_checkpoint(directory: str | Path, *, with_state: bool = True) -> Checkpoint:
     """Load a checkpoint directory written by :func:`write_checkpoint` (safe loaders only)."""
     directory = Path(directory)
     if not (directory / META).is_file():
         raise FileNotFoundError(f"checkpoint directory={str(directory)!r} has no {META}; "
                                 "expected a directory written by mmprompt.training")
-    meta = json.loads((directory / META).read_text())
-    ema = load_tensors(directory / EMA) if (directory / EMA).is_file() else None
-    buffers = load_tensors(directory / BUFFERS) if (directory / BUFFERS).is_file() else {}
+    meta = _read(directory / META, lambda p: json.loads(p.read_text()))
+    ema = _read(directory / EMA, load_tensors) if (directory / EMA).is_file() else None
+    buffers = _read(directory / BUFFERS, load_tensors) if (directory / BUFFERS).is_file() else {}
     state = None
     if with_state and (directory / STATE).is_file():
-        state = torch.load(directory / STATE, map_location="cpu", weights_only=True)
-    return Checkpoint(directory, meta, load_tensors(directory / WEIGHTS), ema, buffers, state)
+        state = _read(directory / STATE, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    return Checkpoint(directory, meta, _read(directory / WEIGHTS, load_tensors), ema, buffers, state)
 
 
 def capture_rng() -> dict[str, Any]:
