@@ -1,6 +1,6 @@
 """Multitask pretraining of a nano OFA on the synthetic world's pretraining mixture.
 
-``python -m mmprompt.pretrain --preset ofa-nano --out data/checkpoints/ofa-nano [--profile cpu] [--resume]``
+``python -m mmprompt.pretrain --preset ofa-nano [--profile cpu] [--resume] [--out DIR [--overwrite]]``
 
 First the ResNet is warmed up alone on dense attribute recognition (:mod:`mmprompt.nano.vision_warmup`, the
 stand-in for OFA's ImageNet-initialised ResNet). Then the mixture (captioning, grounding, grounded
@@ -11,11 +11,18 @@ stopped (``--resume``); together the stages form one schedule
 (warmup, constant, linear decay in the last stage). The result is an OFA directory (safetensors +
 config + tokenizer) with a ``pretrain.json`` record and a loss-curve PNG, ready for
 :func:`mmprompt.experiment.backbones.load_model`.
+
+Nothing is overwritten by default: a run lives in ``runs/pretrain/<preset>-<id>/`` (``<id>``: a fingerprint of
+the settings, so the same command finds its run again), with the stages in ``stages/`` and the result in
+``checkpoint/``. A work directory that holds stages is only continued with ``--resume``; an existing ``--out``
+(e.g. a shipped checkpoint) is only replaced with ``--overwrite``, and then as a whole, atomically: no file of
+the old checkpoint (model card, study files) stays behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import platform
@@ -29,7 +36,9 @@ from mmprompt.data import PretrainDataset, ensure_synthetic, load_tokenizer, spl
 from mmprompt.models.ofa import PRESETS, OFAModel, save_pretrained
 from mmprompt.training import TrainConfig, load_weights, seq2seq_loss, train
 from mmprompt.core.atomic import write_figure, write_json
-from mmprompt.training.checkpoint import load_tensors, save_tensors
+from mmprompt.core.checks import check_apart
+from mmprompt.training import NonFiniteLossError
+from mmprompt.training.checkpoint import atomic_dir, find_checkpoint, load_tensors, save_tensors
 from mmprompt.nano.vision_warmup import warm_up_resnet
 
 logger = logging.getLogger(__name__)
@@ -49,8 +58,8 @@ DEFAULT_STAGES = (Stage(1, 0.15), Stage(2, 0.2), Stage(4, 0.65))
 @dataclass
 class PretrainConfig:
     preset: str = "ofa-nano"
-    out: str = "data/checkpoints/ofa-nano"
-    work_dir: str = "runs/pretrain/ofa-nano"  # stage checkpoints (resumable; not shipped)
+    out: str | None = None  # None: runs/pretrain/<preset>-<id>/checkpoint
+    work_dir: str | None = None  # stage checkpoints (resumable; not shipped); None: runs/pretrain/<preset>-<id>/stages
     profile: str = "cpu"
     data_dir: str | None = None  # a generated synthetic directory; None: the profile's (generated once)
     steps: int = 6000
@@ -63,6 +72,7 @@ class PretrainConfig:
     eval_examples: int = 256
     threads: int | None = None
     resume: bool = False
+    overwrite: bool = False  # replace an existing ``out`` (as a whole)
     stages: tuple[Stage, ...] = field(default=DEFAULT_STAGES)
 
     def __post_init__(self) -> None:
@@ -82,6 +92,16 @@ class PretrainConfig:
             raise ValueError(f"warmup_steps={self.warmup_steps!r}: must be >= 0 and shorter than the first stage")
         if abs(sum(s.fraction for s in self.stages) - 1.0) > 1e-6 or any(s.fraction <= 0 for s in self.stages):
             raise ValueError(f"stages={self.stages!r}: fractions must be > 0 and sum to 1")
+        run = Path("runs") / "pretrain" / f"{self.preset}-{self.run_id()}"
+        self.out = str(self.out or run / "checkpoint")
+        self.work_dir = str(self.work_dir or run / "stages")
+        check_apart("out", self.out, "work_dir", self.work_dir)
+
+    def run_id(self) -> str:
+        """8 hex digits of a sha256 over the settings that decide the result (not paths, threads, flags)."""
+        skip = {"out", "work_dir", "threads", "resume", "overwrite"}
+        settings = {k: v for k, v in asdict(self).items() if k not in skip}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
     def stage_steps(self) -> list[int]:
         counts = [max(1, round(s.fraction * self.steps)) for s in self.stages]
@@ -137,8 +157,32 @@ def _warm_resnet(cfg: PretrainConfig, model: OFAModel, root: Path, tok) -> dict 
     return record
 
 
+def _stage_runs(work_dir: Path) -> list[Path]:
+    """What an earlier run left in ``work_dir``: stage checkpoints and the ResNet warm-up."""
+    if not work_dir.is_dir():
+        return []
+    found = [d for d in sorted(work_dir.iterdir()) if d.is_dir() and d.name.isdigit()
+             and any(find_checkpoint(d, n) for n in ("last", "best"))]
+    return found + [d for d in (work_dir / "resnet",) if (d / "resnet.safetensors").is_file()]
+
+
+def check_outputs(cfg: PretrainConfig) -> None:
+    """Refuse, before any work, to replace an existing ``out`` without ``overwrite`` or to restart over an
+    earlier run's stages without ``resume``."""
+    earlier = _stage_runs(Path(cfg.work_dir))
+    if earlier and not cfg.resume:
+        raise ValueError(f"work_dir={cfg.work_dir!r} holds an earlier run ({', '.join(p.name for p in earlier)}); "
+                         "allowed: resume=True (--resume) to continue it, or another work_dir")
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
+        raise ValueError(f"out={cfg.out!r} already exists; allowed: overwrite=True (--overwrite) to replace it "
+                         "as a whole, or an out that does not exist")
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
-    """Run (or resume) the curriculum and write the finished checkpoint to ``cfg.out``."""
+    """Run (or resume) the curriculum and write the finished checkpoint to ``cfg.out`` (see the module
+    docstring for what is never overwritten)."""
+    check_outputs(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -158,8 +202,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
         history += [dict(r, stage=k) for r in result.history]
         stages.append({"max_objects": stage.max_objects, "examples": len(ds), "steps": result.steps,
                        "wall_time_s": round(result.wall_time_s, 1), **result.final_metrics})
-    save_pretrained(model, out)
-    tok.save_pretrained(out)
     record = {
         "config": asdict(cfg), "data": str(root), "parameters": model.num_parameters(),
         "steps": sum(st["steps"] for st in stages), "wall_time_s": round(sum(st["wall_time_s"] for st in stages), 1),
@@ -168,8 +210,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
                     "torch_threads": torch.get_num_threads()},
         "history": history,
     }
-    write_json(out / "pretrain.json", record)
-    plot_loss_curve(history, out / "pretrain_loss.png")
+    with atomic_dir(out) as tmp:  # the old directory is replaced as a whole, never merged into
+        save_pretrained(model, tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "pretrain.json", record)
+        plot_loss_curve(history, tmp / "pretrain_loss.png")
     return out
 
 
@@ -199,12 +244,13 @@ def plot_loss_curve(history: list[dict], path: Path) -> None:
     write_figure(path, fig, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmprompt.pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="ofa-nano")
-    p.add_argument("--out", default=None, help="output directory (default data/checkpoints/<preset>)")
+    p.add_argument("--out", default=None, help="output directory (default runs/pretrain/<preset>-<id>/checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out as a whole")
     p.add_argument("--profile", default="cpu", choices=["ci", "cpu"])
-    p.add_argument("--work-dir", default=None, help="stage checkpoints (default runs/pretrain/<preset>)")
+    p.add_argument("--work-dir", default=None, help="stage checkpoints (default runs/pretrain/<preset>-<id>/stages)")
     p.add_argument("--data-dir", default=None, help="generated synthetic data (default: the profile's)")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=32)
@@ -213,19 +259,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup-steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-examples", type=int, default=256, help="validation examples of each evaluation")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = PretrainConfig(
-        preset=a.preset, out=a.out or f"data/checkpoints/{a.preset}",
-        work_dir=a.work_dir or f"runs/pretrain/{a.preset}", profile=a.profile, data_dir=a.data_dir,
-        steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, seed=a.seed,
-        resnet_warmup_steps=a.resnet_warmup_steps,
-        eval_every=a.eval_every, threads=a.threads, resume=a.resume,
-    )
-    print(pretrain(cfg))
+    try:
+        cfg = PretrainConfig(
+            preset=a.preset, out=a.out, work_dir=a.work_dir, profile=a.profile, data_dir=a.data_dir,
+            steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, seed=a.seed,
+            resnet_warmup_steps=a.resnet_warmup_steps,
+            eval_every=a.eval_every, eval_examples=a.eval_examples, threads=a.threads, resume=a.resume, overwrite=a.overwrite,
+        )
+        print(pretrain(cfg))
+    except (ValueError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        return 2
+    except NonFiniteLossError as exc:
+        logger.error("%s", exc)
+        return 3
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
