@@ -122,8 +122,10 @@ def test_tuning_study_resumes_from_its_file(first_run, tiny_synthetic, tmp_path,
                     runs=(("zero-shot", True),))  # snli_ve's data did not change: its row is reused
     with pytest.raises(AssertionError, match="measured again"):  # vqa's did: its rows are measured again
         mc.tuning_study(out, "ci", steps=1, tasks=("vqa",), data_dir=changed, path=path)
-    with pytest.raises(AssertionError, match="measured again"):  # other settings: nothing is reused
+    kept = path.read_bytes()
+    with pytest.raises(ValueError, match="measured at {'steps': 1}"):  # other settings: refused, file kept
         mc.tuning_study(out, "ci", steps=2, tasks=("vqa",), data_dir=tiny_synthetic, path=path)
+    assert path.read_bytes() == kept
     with pytest.raises(ValueError, match="tasks=\\['coco'\\]"):
         mc.tuning_study(out, "ci", tasks=("coco",), path=path)
 

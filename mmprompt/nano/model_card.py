@@ -14,6 +14,10 @@
 * perception: colour/shape/size/box accuracy of object listings (:mod:`mmprompt.nano.perception`);
 * ``README.md`` written from ``config.json``, ``pretrain.json`` (steps, wall time, machine, curriculum)
   and the loss curve ``pretrain_loss.png``.
+
+A checkpoint's card and study files describe one profile (and one ``--steps``): asked for another, the
+command refuses before measuring anything (exit 2) and changes no file; copy the checkpoint directory to
+measure it at another profile.
 """
 
 from __future__ import annotations
@@ -71,13 +75,15 @@ def current_rows(rows: list[dict], ids: dict[str, str]) -> list[dict]:
 
 
 def _stored_rows(path: Path | None, settings: dict) -> list[dict]:
-    """Rows of the study file at ``path`` measured at ``settings`` (none if it is absent or differs)."""
+    """Rows of the study file at ``path`` (none if it is absent); a file measured at other ``settings`` is
+    refused, never replaced."""
     if path is None or not path.is_file():
         return []
     old = json.loads(path.read_text())
-    if any(old.get(k) != v for k, v in settings.items()):
-        logger.info("%s was measured at other settings: its rows are not reused", path)
-        return []
+    other = {k: old.get(k) for k, v in settings.items() if old.get(k) != v}
+    if other:
+        raise ValueError(f"{path} was measured at {other}, not {settings}; its rows would be replaced: allowed a "
+                         "study file of the same settings or a new path")
     return old["rows"]
 
 
@@ -93,8 +99,11 @@ def _locked(directory: Path):
 
 
 def _record(path: Path, settings: dict, row: dict) -> None:
+    """Merge ``row`` into the study file: it replaces the row of the same task, run and data only (rows
+    measured on other data stay)."""
+    key = ("task", "run", "data")
     with _locked(path.parent):
-        rows = [r for r in _stored_rows(path, settings) if (r["task"], r["run"]) != (row["task"], row["run"])]
+        rows = [r for r in _stored_rows(path, settings) if [r.get(k) for k in key] != [row[k] for k in key]]
         write_json(path, {**settings, "rows": rows + [row]})
 
 
@@ -105,7 +114,7 @@ def tuning_study(model_dir: Path, profile: str = "cpu", steps: int | None = None
     """Score each (method, pretrained?) of ``runs`` on each task's validation split; returns a JSON-able dict.
 
     With ``path``, the study is resumable and can be split between processes (e.g. by ``tasks``): rows
-    already in that file (measured at the same settings) are kept, and each new row is merged into it
+    already in that file are kept (a file measured at other settings is refused), and each new row is merged into it
     atomically as soon as its run ends; rows measured on other data (:func:`data_id`) are run again.
     Zero-shot rows are taken from ``zero`` (:func:`zero_shot`'s result) where it was measured at the same
     profile on the same data.
@@ -114,6 +123,7 @@ def tuning_study(model_dir: Path, profile: str = "cpu", steps: int | None = None
     if unknown:
         raise ValueError(f"tasks={unknown!r}; allowed: {list(TASKS)}")
     settings, rows = _settings(profile, steps), []  # rows: only when there is no file to keep them
+    _stored_rows(path, settings)  # refuses before any work
     ids = {task: data_id(task, profile, data_dir) for task in tasks}
 
     def done() -> list[dict]:
@@ -245,7 +255,8 @@ def write_card(model_dir: Path, zero: dict, study: dict | None, seen: dict | Non
         listing, grounding = seen["listing"], seen["grounding_by_objects"]
         lines += [
             "",
-            "## Perception (pretraining validation split, greedy decoding)",
+            "## Perception (pretraining validation split, greedy decoding"
+            + (f", `{seen['profile']}` profile)" if "profile" in seen else ")"),
             f"Object listing of {listing['n']} one-object scenes, % named right (chance: size 50, colour 11 "
             "with *covered*, shape 17):",
             "",
@@ -274,7 +285,28 @@ def write_card(model_dir: Path, zero: dict, study: dict | None, seen: dict | Non
     return write_text(model_dir / "README.md", "\n".join(lines) + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
+def measured_at(model_dir: Path, settings: dict) -> list[str]:
+    """The study files of ``model_dir`` measured at other settings than ``settings`` (profile, steps …),
+    each with what it was measured at; empty when the card may be (re)measured at ``settings``."""
+    found = []
+    zero_path, study_path, seen_path = (model_dir / n for n in ("zero_shot.json", "tuning.json", "perception.json"))
+    zero = json.loads(zero_path.read_text()) if zero_path.is_file() else {}
+    zero_profiles = sorted({z.get("profile") for z in zero.values()})
+    if zero_profiles and zero_profiles != [settings["profile"]]:
+        found.append(f"{zero_path.name} (profile {', '.join(map(str, zero_profiles))})")
+    if study_path.is_file():
+        study = json.loads(study_path.read_text())
+        other = {k: study.get(k) for k in settings if study.get(k) != settings[k]}
+        if other:
+            found.append(f"{study_path.name} ({', '.join(f'{k}={v!r}' for k, v in other.items())})")
+    if seen_path.is_file():  # older files carry no profile: they were measured with zero_shot.json's
+        profile = json.loads(seen_path.read_text()).get("profile", (zero_profiles or [None])[0])
+        if profile not in (None, settings["profile"]):
+            found.append(f"{seen_path.name} (profile {profile})")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmprompt.model_card", description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", type=Path)
     p.add_argument("--profile", default="cpu", choices=["ci", "cpu"])
@@ -285,6 +317,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rescore", action="store_true", help="re-measure zero-shot scores kept in zero_shot.json")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    settings = _settings(a.profile, a.steps)
+    other = measured_at(a.model_dir, settings)
+    if other:
+        logger.error("%s holds a study measured at other settings: %s; measuring at %s would replace it. Nothing "
+                     "was changed; copy the checkpoint directory to measure it at these settings.", a.model_dir,
+                     "; ".join(other), ", ".join(f"{k}={v!r}" for k, v in settings.items()))
+        return 2
     zero_path, study_path = a.model_dir / "zero_shot.json", a.model_dir / "tuning.json"
     zero = json.loads(zero_path.read_text()) if zero_path.is_file() else {}
     ids = {task: data_id(task, a.profile) for task in TASKS}
@@ -301,10 +340,11 @@ def main(argv: list[str] | None = None) -> None:
         study = {**study, "rows": current_rows(study["rows"], ids)}
     backbone = load_model(a.model_dir)
     seen = {"listing": perception(backbone, profile=a.profile),
-            "grounding_by_objects": grounding_by_objects(backbone, profile=a.profile)}
+            "grounding_by_objects": grounding_by_objects(backbone, profile=a.profile), "profile": a.profile}
     write_json(a.model_dir / "perception.json", seen)
     print(write_card(a.model_dir, zero, study, seen))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
