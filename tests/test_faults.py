@@ -160,25 +160,29 @@ def test_tune_cli_refuses_an_out_dir_overlapping_the_model_dir(random_ofa_dir, t
 # ------------------------------------------------------------------------------------ pretraining
 def _pretrain(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
     return _run("mmprompt.pretrain", "--preset", "ofa-nano-small", "--profile", "ci", "--steps", "4",
-                "--batch-size", "2", "--resnet-warmup-steps", "0", "--warmup-steps", "0", "--eval-every", "2",
-                "--eval-examples", "4", "--threads", "1", *extra, cwd=cwd)
+                "--batch-size", "4", "--resnet-warmup-steps", "0", "--warmup-steps", "0", "--eval-every", "2",
+                "--threads", "1", *extra, cwd=cwd)
 
 
 def test_pretraining_never_touches_the_shipped_checkpoints(tmp_path):
+    """Run from a checkout (``tmp_path`` holds a copy of ``data/checkpoints``) with default options."""
     from mmprompt.data import ensure_synthetic
 
     ensure_synthetic("ci")  # generated once, outside the measured run
+    checkout = Path(shutil.copytree(SHIPPED, tmp_path / "data" / "checkpoints"))
     shipped = _digests(SHIPPED)
+    assert _digests(checkout) == shipped
     first = _pretrain(tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
+    assert _digests(checkout) == shipped and _digests(SHIPPED) == shipped
     (out,) = (tmp_path / "runs" / "pretrain").glob("ofa-nano-small-*/checkpoint")
-    assert _digests(SHIPPED) == shipped and (out / "model.safetensors").is_file()
+    assert (out / "model.safetensors").is_file()
     made = _digests(out)
     again = _pretrain(tmp_path)  # the same command: refuses to restart over the finished stages
     assert again.returncode == 2 and "holds an earlier run" in again.stderr and "--resume" in again.stderr
     assert _digests(out) == made
 
-    card = Path(shutil.copytree(SHIPPED / "ofa-nano-small", tmp_path / "card"))
+    card = checkout / "ofa-nano-small"
     old = _digests(card)
     refused = _pretrain(tmp_path, "--resume", "--out", str(card))
     assert refused.returncode == 2 and "already exists" in refused.stderr and "--overwrite" in refused.stderr
@@ -190,7 +194,7 @@ def test_pretraining_never_touches_the_shipped_checkpoints(tmp_path):
     a, b = load_file(card / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not {"README.md", "tuning.json", "zero_shot.json", "perception.json"} & {p.name for p in card.iterdir()}
-    assert not [p for p in card.parent.iterdir() if p.name.startswith(".") or p.name.endswith(".old")]
+    assert sorted(p.name for p in checkout.iterdir()) == ["ofa-nano", "ofa-nano-small"]  # no temp/.old debris
     assert _digests(SHIPPED) == shipped
 
 
