@@ -35,10 +35,10 @@ from torch.utils.data import DataLoader, Subset
 from mmprompt.data import PretrainDataset, ensure_synthetic, load_tokenizer, split_path
 from mmprompt.models.ofa import PRESETS, OFAModel, save_pretrained
 from mmprompt.training import TrainConfig, load_weights, seq2seq_loss, train
-from mmprompt.core.atomic import write_figure, write_json
+from mmprompt.core.atomic import atomic_dir, write_figure, write_json
 from mmprompt.core.checks import check_apart
 from mmprompt.training import NonFiniteLossError
-from mmprompt.training.checkpoint import atomic_dir, find_checkpoint, load_tensors, save_tensors
+from mmprompt.training.checkpoint import find_checkpoint, load_tensors, save_tensors
 from mmprompt.nano.vision_warmup import warm_up_resnet
 
 logger = logging.getLogger(__name__)
