@@ -205,3 +205,16 @@ def test_tune_refuses_an_out_dir_overlapping_the_model(model_copy, tiny_syntheti
         _tune(backbone, tiny_synthetic, out)
     assert _files(model_copy) == kept
     load_model(model_copy)
+
+
+def test_malformed_json_files_are_named(tmp_path):
+    from mmprompt.nano.model_card import measured_at
+    from mmprompt.tuning.export import CONFIG_FILE, WEIGHTS_FILE, read_prompt_meta
+
+    (tmp_path / CONFIG_FILE).write_text('{"format": ')
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"prompt config '{tmp_path / CONFIG_FILE}' is not valid JSON"):
+        read_prompt_meta(tmp_path)
+    (tmp_path / "tuning.json").write_text('{"profile": "cpu", "rows": [')
+    with pytest.raises(ValueError, match=rf"study file '{tmp_path / 'tuning.json'}' is not valid JSON"):
+        measured_at(tmp_path, {"profile": "ci"})

@@ -26,7 +26,6 @@ and its image header checked) and read rows lazily, so files of any size stream.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from mmprompt.core.checks import read_json
 from mmprompt.data.boxes import bin_tokens, ofa_box_bins, scale_box
 from mmprompt.data.preprocess import check_patch_image_size, preprocess_image
 from mmprompt.data.tasks import (
@@ -94,7 +94,7 @@ def load_answer_list(path: str | os.PathLike) -> list[str]:
     if p.suffix in (".pkl", ".p", ".pickle"):
         ans2label = load_plain_pickle(p)
     else:
-        ans2label = json.loads(p.read_text(encoding="utf-8"))
+        ans2label = read_json(p, "answers file")
     if not isinstance(ans2label, dict) or not ans2label or not all(
             isinstance(a, str) and isinstance(i, int) for a, i in ans2label.items()):
         raise ValueError(f"answers path={str(p)!r}: expected a non-empty mapping {{answer (str): label (int)}}")

@@ -8,6 +8,11 @@
 Under ``torchrun`` every rank trains its share of each batch and decodes its share of every evaluated
 split; the result (metrics, predictions of the validation split, history) is the same on every rank and
 only rank 0 writes ``--out`` and prints the summary.
+
+With ``--out-dir`` the run keeps resume points there; after a crash or a kill, the same command with
+``--resume`` continues it (same seed and threads: the same weights and metrics). An ``--out-dir`` that holds a
+run is never restarted over without ``--resume``, and one that is, contains or lies inside ``--model-dir`` is
+refused. Bad input exits with 2, a non-finite loss with 3, each with a one-line message.
 """
 
 from __future__ import annotations

@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
-import json
 import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from mmprompt.core.checks import read_json
 from mmprompt.core.atomic import write_json, write_text
 from mmprompt.experiment.backbones import load_model
 from mmprompt.data.synth import MANIFEST, file_sha256, read_manifest
@@ -79,7 +79,7 @@ def _stored_rows(path: Path | None, settings: dict) -> list[dict]:
     refused, never replaced."""
     if path is None or not path.is_file():
         return []
-    old = json.loads(path.read_text())
+    old = read_json(path, "study file")
     other = {k: old.get(k) for k, v in settings.items() if old.get(k) != v}
     if other:
         raise ValueError(f"{path} was measured at {other}, not {settings}; its rows would be replaced: allowed a "
@@ -206,8 +206,8 @@ def methods_table(study: dict) -> list[str]:
 
 def write_card(model_dir: Path, zero: dict, study: dict | None, seen: dict | None = None) -> Path:
     """Write ``README.md`` for the checkpoint in ``model_dir``."""
-    config = json.loads((model_dir / "config.json").read_text())
-    record = json.loads((model_dir / "pretrain.json").read_text())
+    config = read_json(model_dir / "config.json", "config file")
+    record = read_json(model_dir / "pretrain.json", "pretraining record")
     pc = record["config"]
     lines = [
         f"# {model_dir.name}",
@@ -290,17 +290,17 @@ def measured_at(model_dir: Path, settings: dict) -> list[str]:
     each with what it was measured at; empty when the card may be (re)measured at ``settings``."""
     found = []
     zero_path, study_path, seen_path = (model_dir / n for n in ("zero_shot.json", "tuning.json", "perception.json"))
-    zero = json.loads(zero_path.read_text()) if zero_path.is_file() else {}
+    zero = read_json(zero_path, "study file") if zero_path.is_file() else {}
     zero_profiles = sorted({z.get("profile") for z in zero.values()})
     if zero_profiles and zero_profiles != [settings["profile"]]:
         found.append(f"{zero_path.name} (profile {', '.join(map(str, zero_profiles))})")
     if study_path.is_file():
-        study = json.loads(study_path.read_text())
+        study = read_json(study_path, "study file")
         other = {k: study.get(k) for k in settings if study.get(k) != settings[k]}
         if other:
             found.append(f"{study_path.name} ({', '.join(f'{k}={v!r}' for k, v in other.items())})")
     if seen_path.is_file():  # older files carry no profile: they were measured with zero_shot.json's
-        profile = json.loads(seen_path.read_text()).get("profile", (zero_profiles or [None])[0])
+        profile = read_json(seen_path, "study file").get("profile", (zero_profiles or [None])[0])
         if profile not in (None, settings["profile"]):
             found.append(f"{seen_path.name} (profile {profile})")
     return found
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                      "; ".join(other), ", ".join(f"{k}={v!r}" for k, v in settings.items()))
         return 2
     zero_path, study_path = a.model_dir / "zero_shot.json", a.model_dir / "tuning.json"
-    zero = json.loads(zero_path.read_text()) if zero_path.is_file() else {}
+    zero = read_json(zero_path, "study file") if zero_path.is_file() else {}
     ids = {task: data_id(task, a.profile) for task in TASKS}
     stale = tuple(t for t in TASKS if a.rescore or zero.get(t, {}).get("profile") != a.profile
                   or zero.get(t, {}).get("data") != ids[t])
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         zero = {**zero, **zero_shot(a.model_dir, a.profile, tasks=stale)}
         write_json(zero_path, {t: zero[t] for t in TASKS})
     runs = (TRANSFER_RUNS if a.transfer else ()) + (METHOD_RUNS if a.methods else ())
-    study = json.loads(study_path.read_text()) if study_path.is_file() else None
+    study = read_json(study_path, "study file") if study_path.is_file() else None
     if runs:
         study = tuning_study(a.model_dir, a.profile, a.steps, tuple(a.tasks), path=study_path, zero=zero, runs=runs)
     if study:

@@ -12,7 +12,6 @@ every difference. Files are written atomically (temp file in the same directory,
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from mmprompt.core.checks import read_json
 from mmprompt.core.atomic import atomic_write, write_json
 from mmprompt.tuning import state as st
 from mmprompt.tuning.prefix import PrefixConfig, PrefixModule, apply_prefix, prefix_module
@@ -115,7 +115,7 @@ def read_prompt_meta(directory: str | os.PathLike) -> dict[str, Any]:
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"prompt directory {str(directory)!r} has no {name}")
-    meta = json.loads((directory / CONFIG_FILE).read_text())
+    meta = read_json(directory / CONFIG_FILE, "prompt config")
     if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
         raise ValueError(
             f"{directory / CONFIG_FILE}: format {meta.get('format')!r} v{meta.get('version')!r}; "

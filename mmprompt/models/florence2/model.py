@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from mmprompt.core.checks import read_json
 from mmprompt.models.florence2.conventions import GENERATION_DEFAULTS, answer_text, loc_tokens_to_box
 from mmprompt.models.florence2.data import model_inputs
 
@@ -34,9 +35,7 @@ def _refuse_remote_code(source: str) -> None:
     config = Path(source) / "config.json"
     if not config.is_file():
         return
-    import json
-
-    data = json.loads(config.read_text(encoding="utf-8"))
+    data = read_json(config, "config file")
     text_type = (data.get("text_config") or {}).get("model_type")
     if "auto_map" in data or text_type == "florence2_language":
         raise ValueError(f"model_dir={source!r} {_REMOTE_CODE_HINT}")

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmprompt.core.checks import read_json
 from mmprompt.core.atomic import atomic_write, write_text
 
 from .config import OFAConfig
@@ -69,7 +70,7 @@ def _weight_files(directory: Path) -> tuple[list[Path], Callable[[Path], dict[st
             return [directory / name], reader
         index = directory / f"{name}.index.json"
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = sorted(set(read_json(index, "weight index")["weight_map"].values()))
             return [directory / s for s in shards], reader
     raise FileNotFoundError(
         f"no weights in {str(directory)!r}: expected {SAFETENSORS_NAME} or {BIN_NAME} (or a sharded *.index.json)"
