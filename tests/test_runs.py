@@ -373,3 +373,35 @@ def test_the_next_run_removes_temp_directories_of_runners_that_died(tmp_path):
     dead.mkdir(parents=True)
     assert runs_cli.main(["run", str(nb), "-p", "x", "1", "--profile", "cpu", "--out", str(out)]) == 0
     assert not dead.exists() and (out / "tiny" / "profile-cpu_x-1" / "metrics.json").is_file()
+
+
+RESUME_BODY = """import json, os, pathlib
+from mmprompt import load_model, tune
+from mmprompt.workbook.records import save_metrics
+r = tune(load_model("ofa-nano-small"), "vqa", "prefix", profile="ci", steps=4, test_splits=False, progress=False)
+(kept,) = pathlib.Path(os.environ["MMPROMPT_TUNING_WORK_DIR"]).iterdir()
+weights = next(kept.glob("last/*.safetensors"))
+log = pathlib.Path(LOG)
+attempts = json.loads(log.read_text()) if log.exists() else []
+attempts.append({"score": r.score, "steps": r.steps, "inode": os.stat(weights).st_ino})
+log.write_text(json.dumps(attempts))
+if len(attempts) == 1:
+    raise RuntimeError("the first attempt dies after its tuning run")
+save_metrics({"score": r.score}, run_dir)
+"""
+
+
+@pytest.mark.slow
+def test_a_notebook_run_that_died_continues_its_tuning_runs(tmp_path):
+    """The runner keeps a notebook run's tuning checkpoints in ``_work/<run-id>/`` until the run succeeds; the
+    next attempt continues them (the finished tuning run is not trained again) and success removes them."""
+    nb = make_notebook(tmp_path / "tuned.ipynb", RESUME_BODY,
+                       params=f"LOG = {str(tmp_path / 'attempts.json')!r}\nprofile = 'ci'\nrun_dir = None")
+    out = tmp_path / "out"
+    assert runs_cli.main(["run", str(nb), "--out", str(out)]) == 1
+    kept = out / "tuned" / "_work" / "default"
+    assert [p.name for p in kept.iterdir()][0].startswith("vqa-prefix-")
+    assert runs_cli.main(["run", str(nb), "--out", str(out)]) == 0
+    first, second = json.loads((tmp_path / "attempts.json").read_text())
+    assert second == first  # same score and steps, and the checkpoint file was not written again
+    assert not kept.exists() and (out / "tuned" / "default" / "metrics.json").is_file()

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mmprompt.core import env as env_names
 from mmprompt.core.atomic import replace_dir, temp_dir_for, write_json
 from mmprompt.data import tasks as T
 from mmprompt.data.texts import (
@@ -483,7 +484,7 @@ def generate(
 def default_data_root() -> Path:
     """Where generated data lives: ``$MMPROMPT_DATA_DIR`` if set, else ``data/synthetic`` of the source
     checkout this package runs from (so notebooks in ``notebooks/`` find it), else ``./data/synthetic``."""
-    env = os.environ.get("MMPROMPT_DATA_DIR")
+    env = os.environ.get(env_names.DATA_DIR)
     if env:
         return Path(env)
     repo = Path(__file__).resolve().parents[2]

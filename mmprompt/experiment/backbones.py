@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from mmprompt.core.checks import read_json
+from mmprompt.core import env as env_names
 from mmprompt.data import TaskDataset, build_ofa_tokenizer, load_tokenizer
 from mmprompt.eval.evaluation import EvalResult, EvalSettings, evaluate
 from mmprompt.data.ofa_files import ofa_dataset_kwargs
@@ -30,7 +31,7 @@ DEFAULT_BACKBONE = "ofa-nano"
 
 def checkpoints_dir() -> Path:
     """Where shipped checkpoints live: ``$MMPROMPT_CHECKPOINTS`` or this checkout's ``data/checkpoints``."""
-    env = os.environ.get("MMPROMPT_CHECKPOINTS")
+    env = os.environ.get(env_names.CHECKPOINTS_DIR)
     return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "checkpoints"
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import time
@@ -30,6 +32,7 @@ from typing import Any
 
 import torch
 
+from mmprompt.core import env
 from mmprompt.core.checks import check_apart
 from mmprompt.core.modes import training_mode
 from mmprompt.data import ensure_synthetic
@@ -300,10 +303,23 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
     tests = tuple(tests) if test_splits else ()
     check_run_files(data, task, (*(("train",) if config is not None else ()), val_split, *tests))
     world = init_distributed(str(prof.device).startswith("cuda") and torch.cuda.is_available()).world_size
+    lr = lr if lr is not None or config is None else prof.lr_for(name)
+    if out_dir is None and config is not None and os.environ.get(env.TUNING_WORK_DIR):
+        out_dir = Path(os.environ[env.TUNING_WORK_DIR]) / _run_key(task, name, config, prof, data, seed, lr)
+        resume = find_checkpoint(out_dir, "last") is not None
+        if resume:
+            logger.info("continuing the tuning run kept in %s by an earlier attempt of this notebook run", out_dir)
     return TuneSettings(task=task, method=name, config=config, profile=prof, data=data, val_split=val_split,
-                        test_splits=tests, seed=seed, lr=lr if lr is not None or config is None else prof.lr_for(name),
-                        out_dir=Path(out_dir) if out_dir is not None else None, keep_model=keep_model,
-                        progress=progress, world_size=world, budget=budget, resume=resume)
+                        test_splits=tests, seed=seed, lr=lr, out_dir=Path(out_dir) if out_dir is not None else None,
+                        keep_model=keep_model, progress=progress, world_size=world, budget=budget, resume=resume)
+
+
+def _run_key(task: str, method: str, config: Any, profile: Profile, data: Path, seed: int, lr: float | None) -> str:
+    """A directory name that only the same settings map to."""
+    settings = {"task": task, "method": method, "config": dataclasses.asdict(config),
+                "profile": dataclasses.asdict(profile), "data": str(data), "seed": seed, "lr": lr}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{task}-{method}-{digest}"
 
 
 def _check_out_dir(out_dir: str | os.PathLike | None, backbone: Backbone, resume: bool) -> None:

@@ -9,6 +9,8 @@
         environment.json                       python/torch/... versions, platform, CPU/GPU, git commit
         run.json                               status "ok", timings, kernel, notebook defaults
     <out>/<notebook-stem>/_failed/<run-id>/    the latest failed or interrupted attempt (+ error.txt)
+    <out>/<notebook-stem>/_work/<run-id>/      checkpoints of the run's tuning runs while it is unfinished;
+                                               the next attempt continues them, success removes them
 
 Run ids are ``default`` or ``name-value`` pairs (see :func:`~mmprompt.workbook.params.run_id_for`), so
 no run id can name the ``_failed`` folder, and a failure record never touches a good run.
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OUT = "papermill_runs"
 FAILED_DIR = "_failed"
+WORK_DIR = "_work"
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
@@ -48,6 +51,10 @@ def run_dir(out: str | os.PathLike[str], notebook_stem: str, run_id: str) -> Pat
 
 def failed_dir(out: str | os.PathLike[str], notebook_stem: str, run_id: str) -> Path:
     return Path(out) / notebook_stem / FAILED_DIR / run_id
+
+
+def work_dir(out: str | os.PathLike[str], notebook_stem: str, run_id: str) -> Path:
+    return Path(out) / notebook_stem / WORK_DIR / run_id
 
 
 def is_done(path: Path, require_metrics: bool = True) -> bool:

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mmprompt.core import atomic
+from mmprompt.core import atomic, env
 from mmprompt.workbook import records
 from mmprompt.workbook.environment import PACKAGE_DIR, capture_environment
 from mmprompt.workbook.params import RUN_DIR_PARAM, notebook_parameters, run_id_for, to_json, validate_params
@@ -95,19 +95,22 @@ def check_kernel(kernel_name: str) -> None:
 
 
 @contextlib.contextmanager
-def _kernel_env() -> Iterator[None]:
-    """Put the directory holding this ``mmprompt`` first on the kernel's PYTHONPATH, so the
-    notebook imports the same library as the runner (also when it is not pip-installed)."""
+def _kernel_env(work: Path) -> Iterator[None]:
+    """The kernel's environment: this ``mmprompt`` first on PYTHONPATH (the notebook imports the same library
+    as the runner, also when it is not pip-installed), and ``work`` as the directory where its tuning runs
+    keep checkpoints (:data:`mmprompt.core.env.TUNING_WORK_DIR`)."""
     root = str(PACKAGE_DIR.parent)
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = root + (os.pathsep + old if old else "")
+    old = {name: os.environ.get(name) for name in ("PYTHONPATH", env.TUNING_WORK_DIR)}
+    os.environ["PYTHONPATH"] = root + (os.pathsep + old["PYTHONPATH"] if old["PYTHONPATH"] else "")
+    os.environ[env.TUNING_WORK_DIR] = str(work)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -179,10 +182,13 @@ def _validate_run_request(notebook: Path, params: Mapping[str, Any], config: Run
     return defaults
 
 
-def _execute(notebook: Path, params: dict[str, Any], tmp_dir: Path, config: RunConfig) -> None:
+def _execute(notebook: Path, params: dict[str, Any], tmp_dir: Path, work: Path, config: RunConfig) -> None:
     import papermill as pm
 
-    with _kernel_env():
+    if work.is_dir():
+        log.info("%s: continuing the tuning runs an earlier attempt kept in %s", notebook.stem, work)
+    work.mkdir(parents=True, exist_ok=True)
+    with _kernel_env(work):
         pm.execute_notebook(
             str(notebook), str(tmp_dir / notebook.name),
             parameters={**params, RUN_DIR_PARAM: str(tmp_dir)},
@@ -209,6 +215,7 @@ def _execute_validated(notebook: Path, params: dict[str, Any], defaults: dict[st
     run_id = run_id_for(params)
     final_dir = records.run_dir(config.out.resolve(), notebook.stem, run_id)
     failed_dir = records.failed_dir(config.out.resolve(), notebook.stem, run_id)
+    work = records.work_dir(config.out.resolve(), notebook.stem, run_id)
     if not config.force and records.is_done(final_dir, config.require_metrics):
         log.info("%s/%s: already done, skipped (use force to rerun)", notebook.stem, run_id)
         return RunResult(run_id, "skipped", final_dir, params)
@@ -222,7 +229,7 @@ def _execute_validated(notebook: Path, params: dict[str, Any], defaults: dict[st
         error, interrupt = None, None
         try:
             with _sigterm_as_interrupt():
-                _execute(notebook, params, tmp_dir, config)
+                _execute(notebook, params, tmp_dir, work, config)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep a record, then stop
             error, interrupt = f"exception: interrupted ({exc or 'KeyboardInterrupt'})\n", exc
         except Exception as exc:  # noqa: BLE001 - any failure is recorded, never raised past here
@@ -247,6 +254,7 @@ def _execute_validated(notebook: Path, params: dict[str, Any], defaults: dict[st
             return RunResult(run_id, "failed", failed_dir, params, error, duration)
         atomic.replace_dir(tmp_dir, final_dir)
         shutil.rmtree(failed_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
         log.info("%s/%s: ok in %.1f s", notebook.stem, run_id, duration)
         return RunResult(run_id, "ok", final_dir, params, None, duration)
     finally:
