@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +74,21 @@ def check_apart(name: str, path: str | os.PathLike, other_name: str, other: str 
         raise ValueError(f"{name}={str(path)!r} {how} {other_name}={str(other)!r}: writing there would "
                          f"overwrite its files; allowed: a directory outside {other_name}")
     return a
+
+
+def check_metrics(source: str, metrics: Any, where: str = "") -> dict[str, float]:
+    """``metrics`` (what ``source`` returned, ``for where``) as ``{name: float}``: a non-empty mapping from names
+    to numbers (Python, NumPy or 0-d torch scalars; not bools)."""
+    at = f" for {where}" if where else ""
+    if not isinstance(metrics, Mapping) or not metrics:
+        raise ValueError(f"{source} returned {metrics!r}{at}; expected a non-empty dict of metric name -> number")
+    out = {}
+    for name, value in metrics.items():
+        try:
+            if not isinstance(name, str) or isinstance(value, bool):
+                raise TypeError
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source} returned {name!r}: {value!r}{at}; every metric must be a number keyed by "
+                             "its name (keep predictions elsewhere)") from None
+    return out

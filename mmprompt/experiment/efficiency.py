@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from mmprompt.core.checks import check_int
 from mmprompt.experiment.tune import resolve_data, resolve_method, split_dataset
 from mmprompt.data.tasks import TASKS
 from mmprompt.experiment.profiles import get_profile
@@ -52,11 +53,6 @@ def saved_activation_bytes(model: torch.nn.Module, loss_fn, batch: dict) -> tupl
     return sum(seen.values()), loss
 
 
-def _check_int(name: str, value: Any, lo: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
-
-
 def step_cost(backbone, task: str, method: str | object = "prefix", *, profile: str = "ci",
               data_dir: str | os.PathLike | None = None, batch_size: int | None = None, steps: int = 3,
               warmup: int = 1, lr: float | None = None, seed: int = 0) -> dict[str, Any]:
@@ -68,8 +64,8 @@ def step_cost(backbone, task: str, method: str | object = "prefix", *, profile: 
     name, config = resolve_method(method)
     if config is None:
         raise ValueError(f"method={method!r}: zero-shot does not train; pick a training method")
-    _check_int("steps", steps, 1)
-    _check_int("warmup", warmup, 0)
+    check_int("steps", steps, 1)
+    check_int("warmup", warmup, 0)
     prof = get_profile(profile, batch_size=batch_size)
     data = resolve_data(prof, data_dir)
     device = torch.device(prof.device)

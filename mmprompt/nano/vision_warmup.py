@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from mmprompt.core.checks import check_int
 from mmprompt.core.modes import training_mode
 from mmprompt.data import PretrainDataset
 from mmprompt.data.texts import parse_listing
@@ -86,8 +87,7 @@ def warm_up_resnet(model, train: PretrainDataset, val: PretrainDataset, *, steps
     training losses and per-cell accuracies on (up to 512 rows of) ``val`` (None when it is empty).
     Nothing else in ``model`` changes."""
     for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r}: must be an int >= 1")
+        check_int(f"{name}", value, 1)
     for name, ds in (("train", train), ("val", val)):
         if ds.subtasks != ("listing",) or (name == "train" and len(ds) == 0):
             raise ValueError(f"{name}: need a PretrainDataset with subtasks=['listing'] (train non-empty), got "

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mmprompt.core.checks import check_metrics, check_number
 from mmprompt.training.losses import Seq2SeqLoss
 
 __all__ = [
@@ -92,8 +93,7 @@ def _check_space(space: Any, name: str = "space") -> tuple[str, ...]:
 
 
 def _check_eps(eps: Any, name: str = "eps") -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"{name}={eps!r} is invalid; allowed: a finite number >= 0")
+    check_number(name, eps, 0)
     return float(eps)
 
 
@@ -484,17 +484,6 @@ def attacked(model: nn.Module, batch: Mapping[str, Any],
     return contextlib.nullcontext(model) if attack is None else attack(model, batch)
 
 
-def _check_metrics(metrics: Any, where: str) -> dict[str, float]:
-    if not isinstance(metrics, Mapping) or not metrics:
-        raise ValueError(f"evaluate returned {metrics!r} for {where}; expected a non-empty dict of metric -> number")
-    out = {}
-    for name, value in metrics.items():
-        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"evaluate returned {name!r}: {value!r} for {where}; expected str -> number")
-        out[name] = float(value)
-    return out
-
-
 def epsilon_sweep(
     evaluate: Callable[[Callable | None], Mapping[str, float]],
     epsilons: Sequence[float],
@@ -534,11 +523,11 @@ def epsilon_sweep(
     for space, eps in tqdm(runs, desc="epsilon sweep", disable=not progress):
         if eps == 0.0:
             if clean is None:
-                clean = _check_metrics(evaluate(None), "the clean run")
+                clean = check_metrics("evaluate", evaluate(None), "the clean run")
             metrics = clean
         else:
             attack = FGSM(eps, space, scale, loss_fn, pixel_range)
-            metrics = _check_metrics(evaluate(attack), f"space={space!r} epsilon={eps}")
+            metrics = check_metrics("evaluate", evaluate(attack), f"space={space!r} epsilon={eps}")
         logger.info("robustness %s eps=%g: %s", space, eps, metrics)
         row: dict[str, Any] = {} if method is None else {"method": method}
         row.update(space=space, epsilon=eps, **metrics)

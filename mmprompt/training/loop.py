@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from tqdm.auto import tqdm
 
+from mmprompt.core.checks import check_metrics
 from mmprompt.core.atomic import write_json, write_jsonl
 
 from . import checkpoint as ck
@@ -395,16 +396,7 @@ class _Trainer:
         return rec
 
     def _check_metrics(self, metrics: Any) -> dict[str, float]:
-        if not isinstance(metrics, Mapping):
-            raise ValueError(f"eval_fn returned {type(metrics).__name__}; "
-                             "expected dict[str, float]")
-        out = {}
-        for key, value in metrics.items():
-            try:
-                out[str(key)] = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"eval_fn returned {key!r}={value!r}; every value must be a "
-                                 "number (keep predictions elsewhere)") from None
+        out = check_metrics("eval_fn", metrics)
         if self.cfg.metric is not None and self.cfg.metric not in out:
             raise ValueError(f"TrainConfig.metric={self.cfg.metric!r} is not among eval_fn's "
                              f"keys {sorted(out)}")

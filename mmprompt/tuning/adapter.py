@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from mmprompt.core.checks import check_int
 from mmprompt.tuning import state as st
 from mmprompt.tuning.sites import STACKS, discover_sites
 
@@ -42,8 +43,7 @@ class AdapterConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"dim={self.dim!r}: must be an integer >= 1")
+        check_int("dim", self.dim, 1)
         if not isinstance(self.zero_init_up, bool):
             raise ValueError(f"zero_init_up={self.zero_init_up!r}: must be True or False")
         if not isinstance(self.init_std, (int, float)) or self.init_std <= 0:
@@ -52,8 +52,7 @@ class AdapterConfig:
         if not stacks or any(s not in STACKS for s in stacks) or len(set(stacks)) != len(stacks):
             raise ValueError(f"stacks={self.stacks!r}: must be a non-empty set of distinct values from {STACKS}")
         self.stacks = tuple(s for s in STACKS if s in stacks)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r}: must be an integer")
+        check_int("seed", self.seed)
 
 
 class Adapter(nn.Module):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from mmprompt.core.checks import check_int, check_number
 from mmprompt.tuning import state as st
 from mmprompt.tuning.sites import STACKS, discover_sites
 
@@ -43,10 +44,9 @@ class LoRAConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"rank={self.rank!r}: must be an integer >= 1")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ValueError(f"alpha={self.alpha!r}: must be > 0")
+        check_int("rank", self.rank, 1)
+        if check_number("alpha", self.alpha) <= 0:
+            raise ValueError(f"alpha={self.alpha!r}: allowed a finite number > 0")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r}: must be a float in [0, 1)")
         targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
@@ -59,8 +59,7 @@ class LoRAConfig:
         self.stacks = tuple(s for s in STACKS if s in stacks)
         if not isinstance(self.cross_attention, bool):
             raise ValueError(f"cross_attention={self.cross_attention!r}: must be True or False")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r}: must be an integer")
+        check_int("seed", self.seed)
 
     @property
     def scaling(self) -> float:

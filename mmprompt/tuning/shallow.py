@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmprompt.core.checks import check_int
 from mmprompt.tuning import state as st
 from mmprompt.tuning.sites import discover_sites
 
@@ -43,8 +44,7 @@ class ShallowPromptConfig(st.PromptInit):
     length: int = 64
 
     def __post_init__(self) -> None:
-        if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
-            raise ValueError(f"length={self.length!r}: must be an integer >= 1")
+        check_int("length", self.length, 1)
         self._check_init(self.length)
 
 

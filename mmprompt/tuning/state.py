@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from mmprompt.core.checks import check_int, check_number
+
 logger = logging.getLogger(__name__)
 
 _STATE_ATTR = "_mmprompt_method"
@@ -193,12 +195,11 @@ class PromptInit:
     def _check_init(self, length: int) -> None:
         if self.init not in PROMPT_INITS:
             raise ValueError(f"init={self.init!r}: allowed {PROMPT_INITS}")
-        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or self.init_std <= 0:
-            raise ValueError(f"init_std={self.init_std!r}: must be a number > 0")
+        if check_number("init_std", self.init_std) <= 0:
+            raise ValueError(f"init_std={self.init_std!r}: allowed a finite number > 0")
         if self.init_token_ids is not None:
             ids = tuple(self.init_token_ids)
             if len(ids) != length or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
                 raise ValueError(f"init_token_ids: expected {length} token ids >= 0, got {self.init_token_ids!r}")
             self.init_token_ids = ids
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r}: must be an integer")
+        check_int("seed", self.seed)

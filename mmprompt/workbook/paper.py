@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mmprompt.core.checks import check_int
+
 __all__ = [
     "COLUMNS", "Column", "LENGTHS", "LENGTHS_APPENDIX", "OFA_SIZES", "TABLES", "TABLE5_GPU_HOURS",
     "TABLE6_LENGTH", "TASK_COLUMNS", "column", "paper_value", "prefix_parameters", "refcoco_gap", "relative",
@@ -176,8 +178,7 @@ def prefix_parameters(length: int, size: str) -> int:
     """Prefix table size P x (L_enc + L_dec) x 2 x d of an OFA size (no reparameterisation)."""
     if size not in OFA_SIZES:
         raise ValueError(f"size={size!r}: allowed {sorted(OFA_SIZES)}")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"length={length!r}: must be an integer >= 1")
+    check_int("length", length, 1)
     s = OFA_SIZES[size]
     return length * (s["encoder_layers"] + s["decoder_layers"]) * 2 * s["d_model"]
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from mmprompt.core.checks import check_int
 from mmprompt.data.tasks import (
     TASKS,
     MAX_SRC_WORDS,
@@ -72,8 +73,7 @@ class Florence2TaskDataset(Dataset):
         if task not in TASKS:
             raise ValueError(f"task={task!r}: allowed {TASKS}")
         for name, value in (("max_src_words", max_src_words), ("max_tgt_words", max_tgt_words)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}: must be an int >= 1")
+            check_int(f"{name}", value, 1)
         self.path, self.task, self.processor = Path(path), task, processor
         self.tokenizer = processor.tokenizer
         self.patch_image_size = image_side(processor)

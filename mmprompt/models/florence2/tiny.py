@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mmprompt.core.atomic import atomic_dir, write_json
+from mmprompt.core.checks import check_int
 from mmprompt.models.florence2.conventions import (
     GENERATION_DEFAULTS,
     IMAGE_TOKEN,
@@ -55,15 +56,13 @@ class TinyFlorence2Spec:
     def __post_init__(self) -> None:
         for name in ("d_model", "layers", "heads", "ffn_dim", "max_positions"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TinyFlorence2Spec.{name}={value!r}: must be an int >= 1")
+            check_int(f"TinyFlorence2Spec.{name}", value, 1)
         if self.d_model % self.heads:
             raise ValueError(f"TinyFlorence2Spec.d_model={self.d_model} must be divisible by heads={self.heads}")
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 16 \
                 or self.image_size % 8:
             raise ValueError(f"TinyFlorence2Spec.image_size={self.image_size!r}: must be a multiple of 8, >= 16")
-        if isinstance(self.bpe_vocab, bool) or not isinstance(self.bpe_vocab, int) or self.bpe_vocab < 300:
-            raise ValueError(f"TinyFlorence2Spec.bpe_vocab={self.bpe_vocab!r}: must be an int >= 300")
+        check_int("TinyFlorence2Spec.bpe_vocab", self.bpe_vocab, 300)
         if len(self.vision_dims) != 2 or self.vision_dims[1] % 2:
             raise ValueError(f"TinyFlorence2Spec.vision_dims={self.vision_dims!r}: two widths, the second even")
 
