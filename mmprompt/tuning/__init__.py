@@ -1,8 +1,8 @@
 """Tuning methods for BART-family encoder-decoders: prefix tuning (the paper) and its baselines.
 
-Public names are loaded lazily, so ``import mmprompt.core.injection`` (used by the OFA model) stays
-light; ``mmprompt.tuning.hf`` registers the prefix attention backends with transformers when imported
-(``prefix.py`` imports it).
+Public names are loaded lazily, so importing the package stays light; ``mmprompt.tuning.hf``, which
+registers the prefix attention functions with transformers, is imported only when a prefix is applied to a
+transformers model (an OFA model never imports transformers).
 """
 
 from __future__ import annotations

@@ -41,11 +41,6 @@ PREFIX_IMPLEMENTATIONS: dict[str, str] = {base: f"mmprompt_prefix_{base}" for ba
 _BASE_OF = {name: base for base, name in PREFIX_IMPLEMENTATIONS.items()}
 
 
-def is_transformers_attention(module: nn.Module) -> bool:
-    """True for attention classes defined by transformers (these need the registered function)."""
-    return type(module).__module__.startswith("transformers.")
-
-
 def _plain_eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Eager attention, used only when the module's modeling file has no `eager_attention_forward`."""
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling

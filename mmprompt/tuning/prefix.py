@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmprompt.tuning import hf, state as st
+from mmprompt.tuning import state as st
 from mmprompt.core.injection import attach, detach
 from mmprompt.tuning.sites import SITE_KINDS, STACKS, AttentionSite, BackboneSites, discover_sites, stack_of
 
@@ -356,13 +356,35 @@ def _uses_reentrant_checkpointing(stack: nn.Module) -> bool:
     return False
 
 
+def _enable_transformers_attention(plans: dict[str, SitePlan]) -> list:
+    """Route transformers' attention modules through the prefix attention functions (:mod:`.hf`); models
+    without any (OFA) never import transformers."""
+    modules = [s.module for plan in plans.values() for s in plan.sites
+               if type(s.module).__module__.startswith("transformers.")]
+    if not modules:
+        return []
+    from mmprompt.tuning import hf
+
+    return hf.enable(modules)
+
+
+def _disable_transformers_attention(restore_impl: list) -> None:
+    if restore_impl:
+        from mmprompt.tuning import hf
+
+        hf.disable(restore_impl)
+
+
 def _stack_hook(
     bank: PrefixModule, kinds: tuple[str, ...], restore_impl: list, providers: list["_LayerPrefix"]
 ):
     """Forward pre-hook of a stack: refresh its sites' tables outside any checkpointed layer."""
 
     def hook(stack: nn.Module, _args: tuple) -> None:
-        hf.check_enabled(restore_impl)
+        if restore_impl:
+            from mmprompt.tuning import hf
+
+            hf.check_enabled(restore_impl)
         for provider in providers:
             provider.calls = 0
         if stack.training and torch.is_grad_enabled() and _uses_reentrant_checkpointing(stack):
@@ -408,11 +430,10 @@ def apply_prefix(model: nn.Module, config: PrefixConfig) -> PrefixModule:
     reference = plans[config.sites[0]].sites[0].module.k_proj.weight
     bank.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
 
-    hf_modules = [s.module for plan in plans.values() for s in plan.sites if hf.is_transformers_attention(s.module)]
-    restore_impl = hf.enable(hf_modules)  # validates before changing anything
+    restore_impl = _enable_transformers_attention(plans)  # validates before changing anything
     state = st.begin(model, PrefixConfig.method, config)
     state.handle = bank
-    state.undo.append(lambda: hf.disable(restore_impl))
+    state.undo.append(lambda: _disable_transformers_attention(restore_impl))
     st.add_submodule(model, state, MODULE_NAME, bank)
     st.freeze_all_but(model, state, lambda name, _: name.startswith(MODULE_NAME + "."))
     st.freeze_batchnorm(model, state)
