@@ -96,3 +96,18 @@ def test_trie_over_answers_constrains_ve(nano_tokenizer):
     assert sorted(first) == sorted(T.answer_ids(tok, a)[0] for a in T.VE_ANSWERS)
     for a in T.VE_ANSWERS:
         assert T.answer_ids(tok, a) in trie
+
+
+def test_every_task_keyed_table_covers_exactly_the_registered_tasks():
+    """The task registry (data.tasks.TASK_SPECS) is the one list of tasks; every per-task table elsewhere —
+    how a task is read, prompted, predicted, scored and given a gpu recipe — is keyed by exactly those names."""
+    from mmprompt.data.tasks import DEFAULT_PROMPT_TYPE, TASK_SPECS, TASKS
+    from mmprompt.data.tsv import LAYOUTS
+    from mmprompt.eval.evaluation import MAIN_METRIC, PREDICTORS
+    from mmprompt.experiment.profiles import GPU_TASK_DEFAULTS, SPLITS
+
+    assert TASKS == tuple(TASK_SPECS) and len(set(TASKS)) == len(TASKS)
+    for table in (DEFAULT_PROMPT_TYPE, PREDICTORS, MAIN_METRIC, GPU_TASK_DEFAULTS, SPLITS):
+        assert set(table) == set(TASKS), sorted(table)
+    assert set(TASKS) <= set(LAYOUTS)  # plus the pretraining layout
+    assert all(SPLITS[t] == (s.val_split, s.test_splits) and MAIN_METRIC[t] == s.metric for t, s in TASK_SPECS.items())
