@@ -404,4 +404,49 @@ def test_a_notebook_run_that_died_continues_its_tuning_runs(tmp_path):
     assert runs_cli.main(["run", str(nb), "--out", str(out)]) == 0
     first, second = json.loads((tmp_path / "attempts.json").read_text())
     assert second == first  # same score and steps, and the checkpoint file was not written again
-    assert not kept.exists() and (out / "tuned" / "default" / "metrics.json").is_file()
+    assert not kept.parent.exists() and (out / "tuned" / "default" / "metrics.json").is_file()
+
+
+def _runner(nb: Path, out: Path, *params: str):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "mmprompt.runs", "run", str(nb), *params, "--out", str(out)],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, start_new_session=True)
+
+
+def test_kill_9_of_the_runner_leaves_nothing_the_next_run_does_not_clean(tmp_path):
+    """kill -9 of ``runs run`` (and its kernel) mid-notebook: no run directory and no failure record appear
+    (only the killed run's work directory, kept for its next attempt), and the next run of that notebook
+    removes the dead runner's temporary directory."""
+    import os
+    import signal
+    import time
+
+    body = SLEEP_BODY.replace("time.sleep(120)", "time.sleep(120 if x == 3 else 0)") + GOOD_BODY
+    nb = make_notebook(tmp_path / "tiny.ipynb", body)
+    out = tmp_path / "out"
+    proc = _runner(nb, out, "-p", "x", "3")
+    deadline = time.time() + 120
+    while not list((out / "tiny").glob(".*.tmp-*/started")):
+        assert proc.poll() is None and time.time() < deadline, "the notebook never started"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    left = sorted(p.name for p in (out / "tiny").iterdir())
+    assert len(left) == 2 and left[0].startswith(".x-3.tmp-") and left[1] == "_work"
+    assert _runner(nb, out, "-p", "x", "1").wait(timeout=300) == 0
+    assert sorted(p.name for p in (out / "tiny").iterdir()) == ["_work", "x-1"]
+    assert [p.name for p in (out / "tiny" / "_work").iterdir()] == ["x-3"]
+
+
+def test_two_runners_finishing_the_same_run_leave_one_complete_directory(tmp_path):
+    nb = make_notebook(tmp_path / "tiny.ipynb", GOOD_BODY)
+    out = tmp_path / "out"
+    procs = [_runner(nb, out, "-p", "x", "2", "--force") for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert sorted(p.name for p in (out / "tiny").iterdir()) == ["x-2"]
+    run = out / "tiny" / "x-2"
+    assert json.loads((run / "metrics.json").read_text()) == {"acc": 0.5, "n": 4}
+    assert json.loads((run / "run.json").read_text())["status"] == "ok"

@@ -255,6 +255,8 @@ def _execute_validated(notebook: Path, params: dict[str, Any], defaults: dict[st
         atomic.replace_dir(tmp_dir, final_dir)
         shutil.rmtree(failed_dir, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            work.parent.rmdir()  # only when no other run keeps a work directory
         log.info("%s/%s: ok in %.1f s", notebook.stem, run_id, duration)
         return RunResult(run_id, "ok", final_dir, params, None, duration)
     finally:
