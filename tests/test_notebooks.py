@@ -105,7 +105,7 @@ def test_notebooks_hold_no_library_code(stem):
 
 def test_notebook_01_explorer_has_the_classes_the_browser_test_uses():
     source = "\n".join(c.source for c in _code(_nb("01_prefix_tuning_explained")))
-    assert "prefix_explorer(" in source and "display(explorer)" in source
+    assert "prefix_explorer(" in source and "show_with_fallback(explorer, fig" in source
 
 
 def test_every_badge_link_and_setup_cell_uses_the_configured_repository():
