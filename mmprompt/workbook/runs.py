@@ -126,14 +126,23 @@ def final_frames(text: str) -> str:
 
 
 def tidy_streams(nb: Any) -> None:
-    """Replace every stream output of ``nb`` by :func:`final_frames` of it; drop streams left empty."""
+    """Merge each run of consecutive stream outputs of one name (the kernel sends a progress bar frame by
+    frame) and keep :func:`final_frames` of it; drop streams left empty."""
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
+        merged: list[Any] = []
         for out in cell.get("outputs", []):
+            last = merged[-1] if merged else None
+            if (out.get("output_type") == "stream" and last is not None and last.get("output_type") == "stream"
+                    and last.get("name") == out.get("name")):
+                last["text"] = last.get("text", "") + out.get("text", "")
+            else:
+                merged.append(out)
+        for out in merged:
             if out.get("output_type") == "stream":
                 out["text"] = final_frames(out.get("text", ""))
-        cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("output_type") != "stream" or o["text"]]
+        cell["outputs"] = [o for o in merged if o.get("output_type") != "stream" or o["text"]]
 
 
 def _defaults_json(defaults: Mapping[str, Any]) -> dict[str, Any]:
