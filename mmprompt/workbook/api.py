@@ -168,17 +168,17 @@ def start(namespace: Mapping[str, Any], rules: Mapping[str, ParamRule] | None = 
     return run
 
 
-SMOKE_TEST = "smoke test (ci profile, not a finding): "
-
-
 def findings_text(profile: str, sentences: Sequence[str]) -> str:
-    """Markdown of a notebook's findings: a heading, then one bullet per sentence, each prefixed by
-    :data:`SMOKE_TEST` at the ``ci`` profile (a few steps: numbers that show the code runs, not results)."""
+    """Markdown of a notebook's findings: a heading, then one bullet per sentence (what was measured), each
+    prefixed like a verdict at a smoke profile (``ci``: a few steps, numbers that show the code runs, not
+    results). Comparisons are stated by :func:`mmprompt.workbook.findings.show_finding`, not here."""
+    from mmprompt.eval.stats import SMOKE_PREFIX, SMOKE_PROFILES
+
     if profile not in PROFILES:
         raise ValueError(f"profile={profile!r}: allowed {PROFILES}")
     if not sentences or not all(isinstance(x, str) and x.strip() for x in sentences):
         raise ValueError(f"sentences={sentences!r}: need at least one non-empty sentence")
-    prefix = SMOKE_TEST if profile == "ci" else ""
+    prefix = SMOKE_PREFIX if profile in SMOKE_PROFILES else ""
     return "### What this run found\n\n" + "\n".join(f"- {prefix}{x.strip()}" for x in sentences)
 
 
