@@ -211,17 +211,19 @@ def _check_course_notebook(driver: Any, server: LabServer, notebook: Path, scree
     prompts = wait_until_executed(driver, server, timeout=300)
     assert prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts), prompts
 
+    def text(element: Any) -> str:  # textContent: also for cells outside the viewport
+        return driver.execute_script("return arguments[0].textContent", element).strip()
+
     def findings() -> Any:
-        for heading in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output.jp-RenderedMarkdown h3"):
-            if heading.text.strip() == FINDINGS_HEADING:
+        for heading in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output h3"):
+            if text(heading).rstrip("¶").strip() == FINDINGS_HEADING:  # JupyterLab appends an anchor "¶"
                 return heading
         return None
 
     heading = wait_for(findings, 30, f"the rendered findings heading {FINDINGS_HEADING!r}")
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", heading)
-    bullets = heading.find_elements(By.XPATH, "following-sibling::ul[1]/li")
-    assert bullets and all(b.text.startswith("smoke test (ci profile, not a finding): ") for b in bullets), \
-        [b.text for b in bullets]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", heading)
+    bullets = [text(b) for b in heading.find_elements(By.XPATH, "following-sibling::ul[1]/li")]
+    assert bullets and all(b.startswith("smoke test (ci profile, not a finding): ") for b in bullets), bullets
     figures = wait_for(lambda: [img for img in driver.find_elements(By.CSS_SELECTOR, ".jp-RenderedImage img")
                                 if driver.execute_script("return arguments[0].naturalWidth", img) > 200], 30,
                        "a rendered figure")
