@@ -224,25 +224,22 @@ def test_final_frames_keep_what_a_terminal_shows():
     assert [o["text"] for o in nb.cells[0].outputs] == ["b\n", "bar 2/2\n"]
 
 
-def test_progress_bar_is_text_when_the_runner_asks(monkeypatch):
+def test_progress_bar_is_text_when_the_runner_asks(monkeypatch, tmp_path):
+    import os
+
     from tqdm.std import tqdm as text_tqdm
 
-    from mmprompt.core.progress import TEXT_ENV, progress_bar
+    from mmprompt.core import env
+    from mmprompt.core.progress import progress_bar
 
-    monkeypatch.setenv(TEXT_ENV, "1")
+    monkeypatch.setenv(env.TEXT_PROGRESS, "1")
     bar = progress_bar(total=3, desc="x", disable=True, dynamic_ncols=True)
     assert type(bar) is text_tqdm
     bar.close()
-    with runs._kernel_env():
-        import os
-
-        assert os.environ[TEXT_ENV] == "1"
-    monkeypatch.delenv(TEXT_ENV)
-    with runs._kernel_env():
-        pass
-    import os
-
-    assert TEXT_ENV not in os.environ  # restored after the run
+    monkeypatch.delenv(env.TEXT_PROGRESS)
+    with runs._kernel_env(tmp_path):
+        assert os.environ[env.TEXT_PROGRESS] == "1"  # what the notebook's kernel inherits
+    assert env.TEXT_PROGRESS not in os.environ  # restored after the run
 
 
 def test_rerun_skips_done_runs(swept):
