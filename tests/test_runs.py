@@ -201,7 +201,11 @@ def test_sweep_writes_one_directory_per_grid_point(swept):
     injected = next(c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", []))
     assert str(run) in injected.source and ".tmp-" not in injected.source
     assert executed.metadata.papermill.parameters.run_dir == str(run)  # outputs stay as they were
-    # the progress bar was a text bar, and the saved notebook keeps its final frame only
+
+
+def test_saved_notebook_keeps_the_final_frame_of_each_progress_bar(swept):
+    """The runner's kernel draws text bars (core.env.TEXT_PROGRESS); the saved notebook keeps each one finished."""
+    executed = nbformat.read(str(swept["out"] / "tiny" / "profile-cpu_x-2" / "tiny.ipynb"), as_version=4)
     streams = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"]
     bars = [line for o in streams for line in o["text"].splitlines() if line.startswith("labelled bar")]
     assert len(bars) == 1 and "40/40" in bars[0] and "100%" in bars[0], bars
