@@ -40,6 +40,8 @@ CHROMIUM_FLAGS = (
 # User settings for a throwaway Lab: never save the notebook behind the test's back, never ask about news.
 LAB_USER_SETTINGS = {
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    # every cell in the page, also those scrolled out of view (the default windowing leaves them out)
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
         "fetchNews": "false", "checkForUpdates": False},
 }
@@ -160,7 +162,7 @@ def _isolated_jupyter_env(scratch: Path) -> dict[str, str]:
         "JUPYTER_PLATFORM_DIRS": "1",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         "PYTHONUNBUFFERED": "1",
-        "MPLBACKEND": "Agg",
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures inline, as a learner sees them
     })
     env.pop("JUPYTER_TOKEN", None)
     return env

@@ -37,3 +37,22 @@ def test_draw_example_accepts_normalised_tensor_and_arrays():
     fig = draw_grid([{"image": t}, {"image": t, "texts": "x"}, {"image": t}], ncols=2)
     assert len(fig.axes) == 4
     plt.close("all")
+
+
+def test_grid_captions_do_not_overlap_neighbours_or_the_row_below():
+    """02's example grid: long captions under 2.6-inch columns stay inside their column and above the next row."""
+    img = np.zeros((32, 32, 3), dtype=np.uint8)
+    long = ["hypothesis: the small green triangle is to the left of the large blue circle near the edge",
+            "gold: yes | pred: maybe"]
+    fig = draw_grid([{"image": img, "texts": long, "title": "snli_ve"} for _ in range(6)], ncols=3, size=2.6)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    labels = [ax.xaxis.label.get_window_extent(renderer) for ax in axes]
+    for a, b in zip(labels, labels[1:]):
+        if abs(a.y0 - b.y0) < 1:  # same row: side by side, no overlap
+            assert b.x0 - a.x1 >= 0.1 * fig.dpi, (a, b)  # at least a tenth of an inch between captions
+    for k in range(3):  # a caption of row 0 ends above the title of the image below it
+        below = axes[k + 3].title.get_window_extent(renderer)
+        assert labels[k].y0 > below.y1, (labels[k], below)
+    plt.close(fig)

@@ -1,4 +1,5 @@
-"""End-to-end: a notebook's ipywidgets render and react in a real JupyterLab driven by headless Chromium.
+"""End-to-end in a real JupyterLab driven by headless Chromium: a notebook's ipywidgets render and react,
+and the first notebooks of the course (00, 01, 04) run top to bottom and show their findings and figures.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (skipped, with a reason, when they are missing) and
 ``selenium`` (the ``test`` extra). To check notebook 01 instead of the generated fixture, change ``CASES``.
@@ -193,3 +194,60 @@ def test_widget_renders_and_responds_in_jupyterlab(case: WidgetCase, tmp_path: P
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         print(f"{case.name}: {time.monotonic() - started:.1f} s")
+
+
+#: The course's first stops: what a learner opens first must run in JupyterLab and read as it should.
+COURSE_NOTEBOOKS = ["00_tour", "01_prefix_tuning_explained", "04_prompt_depth"]
+FINDINGS_HEADING = "What this run found"
+
+
+def _check_course_notebook(driver: Any, server: LabServer, notebook: Path, screenshot: Path) -> None:
+    """Run every cell; then the findings (a rendered Markdown heading with bullets marked as a smoke test at
+    the default ``ci`` profile) and at least one figure (a rendered PNG of real size) must be on the page."""
+    from selenium.webdriver.common.by import By
+
+    open_notebook(driver, server, notebook)
+    run_all_cells(driver)
+    prompts = wait_until_executed(driver, server, timeout=300)
+    assert prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts), prompts
+
+    def text(element: Any) -> str:  # textContent: also for cells outside the viewport
+        return driver.execute_script("return arguments[0].textContent", element).strip()
+
+    def findings() -> Any:
+        for heading in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output h3"):
+            if text(heading).rstrip("¶").strip() == FINDINGS_HEADING:  # JupyterLab appends an anchor "¶"
+                return heading
+        return None
+
+    heading = wait_for(findings, 30, f"the rendered findings heading {FINDINGS_HEADING!r}")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", heading)
+    bullets = [text(b) for b in heading.find_elements(By.XPATH, "following-sibling::ul[1]/li")]
+    assert bullets and all(b.startswith("smoke test (ci profile, not a finding): ") for b in bullets), bullets
+    figures = wait_for(lambda: [img for img in driver.find_elements(By.CSS_SELECTOR, ".jp-RenderedImage img")
+                                if driver.execute_script("return arguments[0].naturalWidth", img) > 200], 30,
+                       "a rendered figure")
+    assert figures
+    save_screenshot(driver, screenshot)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_browser() is None,
+                    reason="needs Debian's chromium + chromedriver (apt-get install chromium chromium-driver)")
+@pytest.mark.parametrize("stem", COURSE_NOTEBOOKS)
+def test_course_notebook_runs_and_shows_findings_and_a_figure(stem: str, tmp_path: Path) -> None:
+    notebook = REPO_ROOT / "notebooks" / f"{stem}.ipynb"
+    original = notebook.read_bytes()
+    started = time.monotonic()
+    server = driver = None
+    try:
+        with jupyter_lab(REPO_ROOT, tmp_path) as server, chromium_driver(tmp_path) as driver:
+            try:
+                _check_course_notebook(driver, server, notebook, ARTIFACTS / f"jupyterlab_course_{stem}.png")
+            except BaseException:
+                _dump_diagnostics(driver, server)
+                raise
+        assert not processes_mentioning(tmp_path), "server, kernel or browser processes outlived the test"
+        assert notebook.read_bytes() == original, "the browser session modified the notebook on disk"
+    finally:
+        print(f"{stem}: {time.monotonic() - started:.1f} s")

@@ -73,10 +73,12 @@ def test_sync_writes_header_badge_and_navigation(repo):
     assert header.startswith(nt.HEADER_MARKER) and "# Refcoco prompt tuning" in header
     assert ("https://colab.research.google.com/github/someone/mmprompt-fork/blob/dev/"
             "notebooks/01_refcoco_prompt_tuning.ipynb") in header
-    assert nav == f"{nt.NAV_MARKER}\n< [Setup](00_setup.ipynb) | [Prompt depth](04_prompt_depth.ipynb) >"
+    blob = "https://github.com/someone/mmprompt-fork/blob/dev/notebooks/"  # absolute: copies have no neighbours
+    assert nav == f"{nt.NAV_MARKER}\n< [Setup]({blob}00_setup.ipynb) | [Prompt depth]({blob}04_prompt_depth.ipynb) >"
+    assert "[arXiv" not in header and "https://arxiv.org/abs/2208.02532" in header
     assert cells[1].source == "Some intro text."  # the body is untouched
     first_nav = _cells(repo / "notebooks" / "00_setup.ipynb")[-1].source
-    assert first_nav == f"{nt.NAV_MARKER}\n[Refcoco prompt tuning](01_refcoco_prompt_tuning.ipynb) >"
+    assert first_nav == f"{nt.NAV_MARKER}\n[Refcoco prompt tuning]({blob}01_refcoco_prompt_tuning.ipynb) >"
     assert (repo / "notebooks" / "scratch.ipynb").read_text() == "not a numbered notebook; ignored"
 
 
@@ -91,7 +93,7 @@ def test_sync_is_idempotent_and_keeps_edited_titles(repo):
     nb.metadata["mmprompt"]["title"] = "Prompt depth (Table 3)"
     nbformat.write(nb, str(path))
     assert set(nt.sync(repo)) == {path, repo / "notebooks" / "01_refcoco_prompt_tuning.ipynb"}
-    assert "[Prompt depth (Table 3)](04_prompt_depth.ipynb)" in _cells(
+    assert "[Prompt depth (Table 3)](https://github.com/someone/mmprompt-fork/blob/dev/notebooks/04_prompt_depth.ipynb)" in _cells(
         repo / "notebooks" / "01_refcoco_prompt_tuning.ipynb")[-1].source
     assert sum(c.source.startswith(nt.HEADER_MARKER) for c in _cells(path)) == 1  # replaced, not added
 

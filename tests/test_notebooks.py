@@ -20,15 +20,19 @@ from mmprompt.workbook import api as wb
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
+#: The course order: a tour, the mechanism, the tasks, the ablations, the paper; the pretraining appendix last
+#: (11 is the prompt bank's, issue #20).
 EXPECTED = [
-    "00_pretraining", "01_prefix_tuning_explained", "02_tasks", "03_prompt_length", "04_prompt_depth",
+    "00_tour", "01_prefix_tuning_explained", "02_tasks", "03_prompt_length", "04_prompt_depth",
     "05_reparameterization", "06_robustness", "07_efficiency", "08_lightweight_methods", "09_model_scale",
-    "10_paper_reproduction",
+    "10_paper_reproduction", "12_appendix_pretraining",
 ]
+#: Functions a notebook may define: the mechanism written out by hand in 01 (checked there against the library).
+TEACHING_CODE = {"01_prefix_tuning_explained": ["prefix_attention"]}
 DEPTH_NB = NOTEBOOKS / "04_prompt_depth.ipynb"
 #: Rules a notebook passes to ``wb.validate`` on top of the workbook's.
 RULE_OVERRIDES = {
-    "00_pretraining": {"backbone": params.one_of("ofa-nano", "ofa-nano-small")},
+    "12_appendix_pretraining": {"backbone": params.one_of("ofa-nano", "ofa-nano-small")},
     "02_tasks": {"task": wb.optional(params.one_of(*params.TASKS))},  # None: all four tasks
     "03_prompt_length": {"length": wb.optional(params.int_range(1))},  # None: the profile's grid
 }
@@ -43,7 +47,8 @@ def _code(nb: nbformat.NotebookNode) -> list:
 
 
 def test_the_numbered_notebooks_are_all_there():
-    assert [p.stem for p in nt.list_notebooks(REPO)] == EXPECTED
+    found = [p.stem for p in nt.list_notebooks(REPO)]
+    assert [s for s in found if not s.startswith("11_")] == EXPECTED  # 11: the prompt bank (issue #20)
 
 
 def test_committed_notebooks_are_clean_and_their_generated_cells_fresh():
@@ -70,11 +75,13 @@ def test_notebook_layout(stem):
     code = _code(nb)
     kinds = ["params" if "parameters" in c.metadata.get("tags", []) else
              "setup" if c.source.startswith(nt.SETUP_MARKER) else "code" for c in code]
-    # parameters, then the generated Colab setup cell, then imports + validation: before anything else runs
+    # parameters, then the generated Colab setup cell, then imports + the one call that checks the parameters,
+    # loads the backbone and opens the run: before anything else runs; the last code cell saves the metrics
     assert kinds[:3] == ["params", "setup", "code"], kinds
     assert code[1].source == nt.setup_source(info) and info.clone_url in code[1].source
-    assert "wb.validate(" in code[2].source
-    assert "save_metrics(metrics, run_dir)" in code[-1].source
+    assert "run = wb.start(globals()" in code[2].source and "wb.validate(" not in code[2].source
+    assert "run.finish(" in code[-1].source and "run_dir" not in code[-1].source
+    assert "[Yang, Lin et al. (2022)" in cells[0].source and "https://arxiv.org/abs/2208.02532" in cells[0].source
 
 
 @pytest.mark.parametrize("stem", EXPECTED)
@@ -82,7 +89,7 @@ def test_parameters_cell_defaults(stem):
     defaults = params.notebook_parameters(NOTEBOOKS / f"{stem}.ipynb")
     assert defaults["profile"] == "ci" and defaults["seed"] == 0 and defaults["run_dir"] is None
     assert defaults["backbone"] == "ofa-nano" and defaults["model_dir"] is None and defaults["data_dir"] is None
-    if stem not in ("00_pretraining", "10_paper_reproduction"):
+    if stem not in ("12_appendix_pretraining", "10_paper_reproduction"):
         assert "task" in defaults
     wb.validate(RULE_OVERRIDES.get(stem, {}), **defaults)  # the rules the notebook validates with accept them
 
@@ -93,12 +100,33 @@ def test_notebooks_hold_no_library_code(stem):
     for cell in _code(_nb(stem)):
         tree = ast.parse(cell.source)
         defined = [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)]
-        assert defined == [], (stem, defined)
+        assert defined in ([], TEACHING_CODE.get(stem)), (stem, defined)
 
 
 def test_notebook_01_explorer_has_the_classes_the_browser_test_uses():
     source = "\n".join(c.source for c in _code(_nb("01_prefix_tuning_explained")))
-    assert "prefix_explorer(" in source and "display(explorer)" in source
+    assert "prefix_explorer(" in source and "show_with_fallback(explorer, fig" in source
+
+
+def test_every_badge_link_and_setup_cell_uses_the_configured_repository():
+    """The repository URL lives in one setting ([tool.mmprompt] in pyproject.toml): every Colab badge, GitHub
+    link and clone in the notebooks and the README is built from it (a fork changes it there, then `sync`)."""
+    info = nt.read_repo_info(REPO)
+    texts = {p.name: p.read_text(encoding="utf-8") for p in nt.list_notebooks(REPO)}
+    texts["README.md"] = (REPO / "README.md").read_text(encoding="utf-8")
+    for name, text in texts.items():
+        for owner_repo in re.findall(r"colab\.research\.google\.com/github/([^/\s]+/[^/\s]+)/", text):
+            assert owner_repo == f"{info.owner}/{info.repo}", (name, owner_repo)
+        for link in re.findall(r"https://github\.com/(?:mmprompt|%s)/[^\s)\"']+" % re.escape(info.owner), text):
+            assert link.startswith(info.url), (name, link)
+    for path in nt.list_notebooks(REPO):
+        nb = nbformat.read(str(path), as_version=4)
+        assert nb.cells[0].source.count(info.colab_url(path.name)) == 1, path.name
+        setup = [c.source for c in nb.cells if c.source.startswith(nt.SETUP_MARKER)]
+        assert setup == [nt.setup_source(info)] and f'"{info.clone_url}"' in setup[0], path.name
+        assert '_checkout + "[colab]"' in setup[0]  # the light extra: Colab keeps its own Jupyter
+        links = re.findall(r"\]\(([^)]+)\)", nb.cells[-1].source)
+        assert links and all(link.startswith(info.url + "/blob/" + info.branch + "/notebooks/") for link in links)
 
 
 def test_sync_fills_the_setup_cell_from_pyproject(tmp_path):
@@ -145,7 +173,7 @@ def test_depth_6_runs_through_the_runner_cli(tmp_path):
 
 
 @pytest.mark.parametrize(("depth", "allowed", "cell_marker"), [
-    (0, "an integer >= 1", "checked = wb.validate("),  # rejected by the parameter rules, before the model loads
+    (0, "an integer >= 1", "run = wb.start(globals())"),  # rejected by the parameter rules, before the model loads
     (13, "an integer >= 1 and <= 6", "int_range(1, min(n_enc, n_dec))"),  # rejected once the depth is known
 ])
 def test_bad_depth_fails_before_any_training_and_leaves_no_good_run(tmp_path, depth, allowed, cell_marker):

@@ -32,11 +32,24 @@ def test_environment_python_satisfies_requires_python():
 
 
 def test_declared_dependencies_cover_the_user_facing_stack():
-    deps = " ".join(_pyproject()["project"]["dependencies"])
-    extras = " ".join(_pyproject()["project"]["optional-dependencies"]["test"])
-    for name in ["torch", "transformers", "jupyterlab", "ipywidgets", "papermill", "matplotlib", "seaborn"]:
+    project = _pyproject()["project"]
+    deps, extras = " ".join(project["dependencies"]), project["optional-dependencies"]
+    for name in ["torch", "transformers", "matplotlib", "seaborn", "pandas"]:
         assert re.search(rf"\b{name}\b", deps), f"{name} missing from [project.dependencies]"
-    assert "nbval" in extras and "pytest" in extras
+    lab, test = " ".join(extras["lab"]), " ".join(extras["test"])
+    for name in ["jupyterlab", "papermill", "ipykernel", "mmprompt[colab]"]:
+        assert name in lab, f"{name} missing from the lab extra"
+    assert "mmprompt[lab]" in test and "nbval" in test and "pytest" in test
+
+
+def test_the_colab_extra_is_light():
+    """Colab brings its own Jupyter: the install its set-up cell runs (base + `colab`) pulls no JupyterLab,
+    papermill or test tools."""
+    project = _pyproject()["project"]
+    installed = " ".join(project["dependencies"] + project["optional-dependencies"]["colab"])
+    for heavy in ["jupyterlab", "papermill", "ipykernel", "pytest", "nbval", "selenium", "mmprompt["]:
+        assert heavy not in installed, f"{heavy} is installed on Colab"
+    assert "ipywidgets" in installed
 
 
 def test_readme_names_the_ci_test_command():

@@ -32,7 +32,10 @@ def make_notebook(path: Path, body: str, params: str = "x = 1\nprofile = 'ci'\nr
 
 
 GOOD_BODY = """import sys, pathlib
+from mmprompt.core.progress import progress_bar
 from mmprompt.workbook.records import save_metrics
+for _ in progress_bar(range(40), desc="labelled bar", mininterval=0):
+    pass
 if run_dir:
     pathlib.Path(run_dir, "exe.txt").write_text(sys.executable)
 save_metrics({"acc": x / 4, "n": 4}, run_dir)
@@ -198,6 +201,49 @@ def test_sweep_writes_one_directory_per_grid_point(swept):
     injected = next(c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", []))
     assert str(run) in injected.source and ".tmp-" not in injected.source
     assert executed.metadata.papermill.parameters.run_dir == str(run)  # outputs stay as they were
+
+
+def test_saved_notebook_keeps_the_final_frame_of_each_progress_bar(swept):
+    """The runner's kernel draws text bars (core.env.TEXT_PROGRESS); the saved notebook keeps each one finished."""
+    executed = nbformat.read(str(swept["out"] / "tiny" / "profile-cpu_x-2" / "tiny.ipynb"), as_version=4)
+    streams = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"]
+    bars = [line for o in streams for line in o["text"].splitlines() if line.startswith("labelled bar")]
+    assert len(bars) == 1 and "40/40" in bars[0] and "100%" in bars[0], bars
+    assert not any("\r" in o["text"] for o in streams)
+
+
+def test_final_frames_keep_what_a_terminal_shows():
+    text = "train: 0%| | 0/6\rtrain: 50%|# | 3/6\rtrain: 100%|##| 6/6\n\x1b[A\r   \r\nnote\n"
+    assert runs.final_frames(text) == "train: 100%|##| 6/6\nnote\n"
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="\r  \r\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="a\rb\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="bar 1/2"),  # sent frame by frame
+                    nbformat.v4.new_output("stream", name="stderr", text="\rbar 2/2"),
+                    nbformat.v4.new_output("stream", name="stderr", text="\n")]
+    nb.cells = [cell]
+    runs.tidy_streams(nb)
+    # the blank (closed) bar's stream is dropped; the frames sent one by one leave their last
+    assert [o["text"] for o in nb.cells[0].outputs] == ["b\n", "bar 2/2\n"]
+
+
+def test_progress_bar_is_text_when_the_runner_asks(monkeypatch, tmp_path):
+    import os
+
+    from tqdm.std import tqdm as text_tqdm
+
+    from mmprompt.core import env
+    from mmprompt.core.progress import progress_bar
+
+    monkeypatch.setenv(env.TEXT_PROGRESS, "1")
+    bar = progress_bar(total=3, desc="x", disable=True, dynamic_ncols=True)
+    assert type(bar) is text_tqdm
+    bar.close()
+    monkeypatch.delenv(env.TEXT_PROGRESS)
+    with runs._kernel_env(tmp_path):
+        assert os.environ[env.TEXT_PROGRESS] == "1"  # what the notebook's kernel inherits
+    assert env.TEXT_PROGRESS not in os.environ  # restored after the run
 
 
 def test_rerun_skips_done_runs(swept):

@@ -5,6 +5,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
+import pandas as pd
 import pytest
 
 from mmprompt.workbook import reproduction as rp
@@ -168,6 +169,25 @@ def test_comparison_table_lines_runs_up_with_the_paper(tmp_path):
     assert table[table.variant == "zero-shot"]["paper"].isna().all()
     assert rp.comparison_table(tmp_path / "nothing").empty
     assert len(rp.comparison_table(tmp_path, profile="cpu")) == 3
+
+
+def test_study_table_sorts_lengths_by_value_and_fills_the_paper_column(tmp_path):
+    lengths = {f"P={p}": {"val": p / 1000, "testA": p / 2000, "testB": p / 4000} for p in (10, 100, 120, 16, 200)}
+    _write_run(tmp_path, "03_prompt_length", "profile-cpu", {"profile": "cpu"},
+               {"results": {"refcoco": {"zero-shot": {"val": 0.1}, **lengths}}})
+    _write_run(tmp_path, "04_prompt_depth", "profile-cpu", {"profile": "cpu"},
+               {"results": {"snli_ve": {"encoder only": {"dev": 0.8, "test": 0.7}}}})
+    table = rp.study_table(rp.comparison_table(tmp_path, profile="cpu"))
+    assert list(table.loc[("03_prompt_length", "refcoco")].index) == ["P=10", "P=16", "P=100", "P=120", "P=200",
+                                                                       "zero-shot"]
+    p100 = table.loc[("03_prompt_length", "refcoco", "P=100")]
+    assert p100["validation"] == pytest.approx(10.0) and p100["test (mean)"] == pytest.approx(3.75)
+    assert p100["paper"] == 92.10 and p100["paper table"] == "table6 (score)"
+    assert pd.isna(table.loc[("03_prompt_length", "refcoco", "P=200"), "paper"])  # not in the paper
+    enc = table.loc[("04_prompt_depth", "snli_ve", "encoder only")]
+    assert enc["validation"] == pytest.approx(80.0) and enc["test (mean)"] == pytest.approx(70.0)
+    assert enc["paper table"] == "table3" and enc["paper"] > 0
+    assert rp.natural_key("P=16") < rp.natural_key("P=100") < rp.natural_key("zero-shot")
 
 
 def test_gpu_commands():

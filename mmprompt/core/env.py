@@ -8,3 +8,6 @@ CHECKPOINTS_DIR = "MMPROMPT_CHECKPOINTS"
 #: in a subdirectory named for its settings, so a killed notebook run continues its tuning runs when it is
 #: run again (:func:`mmprompt.experiment.tune.resolve_settings`).
 TUNING_WORK_DIR = "MMPROMPT_TUNING_WORK_DIR"
+#: Set to "1" by the notebook runner: progress bars are plain text, whose final frame a saved notebook keeps
+#: (:mod:`mmprompt.core.progress`).
+TEXT_PROGRESS = "MMPROMPT_TEXT_PROGRESS"

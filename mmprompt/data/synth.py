@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from mmprompt.core.progress import progress_bar
 
 from mmprompt.core import env as env_names
 from mmprompt.core.atomic import replace_dir, temp_dir_for, write_json
@@ -418,7 +418,7 @@ def _write_all(tmp: Path, prof: Profile, seed: int, image_size: int, ws: WorldSe
     sizes = {t: {s: min(n, max_per_split or n) for s, n in splits.items()} for t, splits in prof.sizes.items()}
     total = sum(n for splits in sizes.values() for n in splits.values())
     files: dict[str, dict] = {}
-    with tqdm(total=total, desc=f"synthetic {prof.name}", unit="ex", disable=not progress) as bar:
+    with progress_bar(total=total, desc=f"synthetic {prof.name}", unit="ex", disable=not progress) as bar:
         for task, splits in sizes.items():
             for split, n in splits.items():
                 path = split_path(tmp, task, split)

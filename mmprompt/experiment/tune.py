@@ -146,7 +146,8 @@ def _train_config(s: TuneSettings, out_dir: Path, metric: str) -> TrainConfig:
         batch_size=profile.batch_size, grad_accum=profile.grad_accum(world_size), eval_every=profile.eval_every,
         metric=metric, mode="max", seed=s.seed, out_dir=out_dir, resume=s.resume, save_every=profile.save_every,
         restore_best=profile.eval_every is not None, early_stopping_patience=profile.patience,
-        amp=profile.amp, device=profile.device, progress=s.progress, log_every=max(1, (profile.steps or 100) // 20),
+        amp=profile.amp, device=profile.device, progress=s.progress, progress_label=s.progress_label or "train",
+        log_every=max(1, (profile.steps or 100) // 20),
         label_smoothing=profile.label_smoothing, warmup_ratio=profile.warmup_ratio,
         drop_worst_ratio=profile.drop_worst_ratio, drop_worst_after=profile.drop_worst_after,
         warmup_steps=profile.warmup_steps, ema_decay=profile.ema_decay, num_workers=profile.num_workers,
@@ -246,6 +247,7 @@ class TuneSettings:
     world_size: int
     budget: str  # "fixed" or "converge" (profiles.BUDGETS)
     resume: bool = False  # continue the run in out_dir from its last/ checkpoint
+    progress_label: str = ""  # the training bar's label
 
     @property
     def trains(self) -> bool:
@@ -256,7 +258,7 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
                      data_dir: str | os.PathLike | None = None, seed: int = 0, steps: int | None = None,
                      lr: float | None = None, batch_size: int | None = None, eval_examples: int | None = None,
                      test_splits: bool = True, out_dir: str | os.PathLike | None = None, keep_model: bool = False,
-                     progress: bool = True, recipe: dict[str, Any] | str | None = None,
+                     progress: bool | str = True, recipe: dict[str, Any] | str | None = None,
                      budget: str = "fixed", resume: bool = False) -> TuneSettings:
     """Check every option of :func:`tune` and resolve the profile, method config, data and splits.
 
@@ -266,7 +268,8 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
     for the method; ``recipe`` any other :class:`~mmprompt.experiment.profiles.Profile` field (e.g.
     ``{"epochs": 50, "effective_batch_size": 256, "image_size": 384, "ema_decay": None}``; None sets None) or
     the name of one of :data:`mmprompt.experiment.profiles.RECIPES` (e.g. ``"ofa-refcoco-prefix-script"``).
-    With ``keep_model`` the tuned model is returned in the result.
+    With ``keep_model`` the tuned model is returned in the result. ``progress``: show the training bar; a
+    non-empty string shows it under that label (default label: ``"<method> on <task>"``).
 
     ``budget``: ``"fixed"`` trains the profile's steps/epochs; ``"converge"`` trains up to the profile's
     convergence cap and stops early when the validation metric has not improved for ``patience``
@@ -296,6 +299,8 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
     prof = resolve_profile(profile, task, name, backbone.ofa_size, **overrides)
     if isinstance(method, str) and config is not None:
         config = _named_config(name, config, prof)
+    if not isinstance(progress, bool) and not (isinstance(progress, str) and progress.strip()):
+        raise ValueError(f"progress={progress!r}: must be True, False or a non-empty label")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
         raise ValueError(f"lr={lr!r}: must be a number > 0")
     data = resolve_data(prof, data_dir)
@@ -311,7 +316,8 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
             logger.info("continuing the tuning run kept in %s by an earlier attempt of this notebook run", out_dir)
     return TuneSettings(task=task, method=name, config=config, profile=prof, data=data, val_split=val_split,
                         test_splits=tests, seed=seed, lr=lr, out_dir=Path(out_dir) if out_dir is not None else None,
-                        keep_model=keep_model, progress=progress, world_size=world, budget=budget, resume=resume)
+                        keep_model=keep_model, progress=bool(progress), world_size=world, budget=budget, resume=resume,
+                        progress_label=progress if isinstance(progress, str) else f"{name} on {task}")
 
 
 def _run_key(task: str, method: str, config: Any, profile: Profile, data: Path, seed: int, lr: float | None) -> str:

@@ -85,6 +85,7 @@ class TrainConfig:
     save_buffers: bool = True  # save the model's buffers (e.g. BatchNorm statistics) with weights
     restore_best: bool = False  # load best/ weights into the model when training ends
     progress: bool = True
+    progress_label: str = "train"  # the progress bar's label
 
     def __post_init__(self) -> None:
         _check_float("lr", self.lr, 0.0, math.inf, lo_open=True, hi_open=True)

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
-from tqdm.auto import tqdm
+from mmprompt.core.progress import progress_bar
 
 from mmprompt.core.checks import check_metrics
 from mmprompt.core.atomic import write_json, write_jsonl
@@ -452,7 +452,7 @@ class _Trainer:
         st.stop_reason = None  # a run stopped by a callback (or given more steps) goes on
         self.model.train()
         self._wrap()
-        bar = tqdm(total=self.total_steps, initial=st.step, desc="train", dynamic_ncols=True,
+        bar = progress_bar(total=self.total_steps, initial=st.step, desc=cfg.progress_label, dynamic_ncols=True,
                    disable=not (cfg.progress and self.dist.is_main))
         windows = self._windows()
         try:

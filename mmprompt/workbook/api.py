@@ -1,6 +1,8 @@
 """Plumbing shared by the numbered notebooks: parameter rules, per-profile grids, sanity checks and the
 metrics layout every notebook saves.
 
+* :func:`start` is a notebook's one call at the top (check the parameters, load the backbone, open the
+  run) and :meth:`Run.finish` its one call at the end (save the metrics);
 * :func:`validate` checks a notebook's parameters (the common ones of :mod:`mmprompt.workbook.params` plus the
   workbook's knobs in :data:`RULES`) and raises ONE ``ValueError`` listing every bad value;
 * :func:`grid` gives a sweep's points for a profile (2-3 points at ``ci``, the paper's grid otherwise);
@@ -12,19 +14,25 @@ metrics layout every notebook saves.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmprompt.data.tasks import TASKS
 from mmprompt.tuning.registry import METHODS, trained_methods
-from mmprompt.workbook.params import PROFILES, ParamRule, int_range, one_of, validate_params
+from mmprompt.workbook.params import COMMON_RULES, PROFILES, RUN_DIR_PARAM, ParamRule, int_range, one_of, validate_params
+from mmprompt.workbook.records import save_metrics
+
+log = logging.getLogger(__name__)
 
 __all__ = [
-    "GRIDS", "RULES", "check_result", "checkpoint_card", "choice_list", "example_batch", "grid", "int_list",
+    "GRIDS", "RULES", "Run", "check_result", "checkpoint_card", "choice_list", "example_batch", "grid", "int_list",
+    "findings_text", "show_findings", "start",
     "load_backbone",
     "model_source",
     "name_list", "non_empty_str", "number_list", "optional", "results_dict",
@@ -107,6 +115,78 @@ def validate(rules: Mapping[str, ParamRule] | None = None, /, **params: Any) -> 
     if problems:
         raise ValueError("invalid notebook parameter(s):\n" + "\n".join(problems))
     return dict(params)
+
+
+#: What each profile is for, as :func:`start` tells the reader.
+PROFILE_NOTES = {
+    "ci": "a smoke test: a few training steps on a few examples, seconds per run; numbers are not findings",
+    "cpu": "the small-scale study: hundreds of steps per run on the synthetic world, minutes per run",
+    "gpu": "the paper's recipe on real data",
+}
+
+
+@dataclass
+class Run:
+    """What :func:`start` opened: the checked parameters, the backbone (None when not loaded) and where the
+    run's ``metrics.json`` goes (``run_dir``, set by the papermill runner; None in an interactive session)."""
+
+    params: dict[str, Any]
+    backbone: Any = None
+
+    @property
+    def common(self) -> dict[str, Any]:
+        """The keyword arguments every :func:`mmprompt.tune` call of the notebook shares."""
+        return {k: self.params[k] for k in ("profile", "data_dir", "seed") if k in self.params}
+
+    def finish(self, metrics: Mapping[str, Any]) -> None:
+        """Save ``metrics`` (plus the run's parameters that are not in it) to ``<run_dir>/metrics.json``; in
+        an interactive session (no ``run_dir``) only check that they are JSON-able."""
+        extra = {k: v for k, v in self.params.items() if k not in (RUN_DIR_PARAM, "model_dir", "data_dir")}
+        save_metrics({**extra, **metrics}, self.params.get(RUN_DIR_PARAM))
+
+
+def start(namespace: Mapping[str, Any], rules: Mapping[str, ParamRule] | None = None, *,
+          load: bool = True) -> Run:
+    """A notebook's one call at the top: pick its parameters out of ``namespace`` (``globals()`` after the
+    parameters cell; the names the workbook has rules for), check them with :func:`validate` (ONE
+    ``ValueError`` listing every bad value, before any work), load the backbone (unless ``load`` is False)
+    and return the :class:`Run`, after one line saying what runs."""
+    from IPython.display import Markdown, display
+
+    known = {*COMMON_RULES, *RULES, *(rules or {})}
+    params = validate(rules, **{k: v for k, v in namespace.items() if k in known})
+    run = Run(params)
+    if load and "backbone" in params:
+        run.backbone = load_backbone(params["backbone"], params.get("model_dir"), params["profile"],
+                                     params.get("seed", 0))
+    what = [f"**{run.backbone.name if run.backbone is not None else params.get('backbone', 'mmprompt')}**"]
+    if "task" in params:
+        what.append(f"task **{params['task']}**")
+    profile = params.get("profile", "ci")
+    display(Markdown(" · ".join(what) + f" · profile **{profile}** ({PROFILE_NOTES[profile]})"
+                     + f" · seed {params.get('seed', 0)}"))
+    return run
+
+
+def findings_text(profile: str, sentences: Sequence[str]) -> str:
+    """Markdown of a notebook's findings: a heading, then one bullet per sentence (what was measured), each
+    prefixed like a verdict at a smoke profile (``ci``: a few steps, numbers that show the code runs, not
+    results). Comparisons are stated by :func:`mmprompt.workbook.findings.show_finding`, not here."""
+    from mmprompt.eval.stats import SMOKE_PREFIX, SMOKE_PROFILES
+
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r}: allowed {PROFILES}")
+    if not sentences or not all(isinstance(x, str) and x.strip() for x in sentences):
+        raise ValueError(f"sentences={sentences!r}: need at least one non-empty sentence")
+    prefix = SMOKE_PREFIX if profile in SMOKE_PROFILES else ""
+    return "### What this run found\n\n" + "\n".join(f"- {prefix}{x.strip()}" for x in sentences)
+
+
+def show_findings(profile: str, sentences: Sequence[str]) -> None:
+    """Display :func:`findings_text` as Markdown (the notebook's findings cell)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(findings_text(profile, sentences)))
 
 
 def model_source(backbone: str, model_dir: str | os.PathLike | None) -> str:

@@ -18,7 +18,8 @@ from typing import Any
 from mmprompt.workbook import paper
 from mmprompt.workbook.report import collect_runs
 
-__all__ = ["PAPER_ROWS", "comparison_table", "default_runs_root", "gpu_commands", "paper_size", "run_results"]
+__all__ = ["PAPER_ROWS", "comparison_table", "default_runs_root", "gpu_commands", "natural_key", "paper_size",
+           "run_results", "study_table"]
 
 #: notebook stem -> variant label in its ``results`` -> (paper table, row). Table 1 rows also need the
 #: model size, filled in from the run's backbone (see :func:`paper_size`).
@@ -84,6 +85,48 @@ def comparison_table(root: str | os.PathLike, profile: str | None = None):
                              "ours": ours, "paper_table": table, "paper_row": None if row is None else str(row),
                              "paper": target, "diff": None if target is None else ours - target})
     return pd.DataFrame(rows, columns=columns)
+
+
+def natural_key(text: Any) -> tuple:
+    """Sort key that orders numbers inside labels by value: ``P=10 < P=16 < P=100``."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(text)) if t)
+
+
+def _table6_score(notebook: str, variant: str) -> float | None:
+    """Appendix Table 6's score for a prompt-length variant (``P=64``) of notebook 03, else None."""
+    m = re.fullmatch(r"P=(\d+)", variant)
+    return paper.TABLE6_LENGTH.get(int(m.group(1))) if notebook == "03_prompt_length" and m else None
+
+
+def study_table(comparison):
+    """:func:`comparison_table` laid out for reading: one row per (notebook, task, variant) in natural order
+    (``P=10`` before ``P=100``), our validation score, our mean over the task's test splits (tasks differ in
+    their split names, so splits are not columns), and the paper's number for the row with its table (the
+    validation split's; for notebook 03's prompt lengths, appendix Table 6's score, whose task the paper
+    does not state). Scores ×100."""
+    import pandas as pd
+
+    from mmprompt.experiment.profiles import SPLITS
+
+    columns = ["notebook", "task", "variant", "validation", "test (mean)", "paper", "paper table"]
+    rows = []
+    for (notebook, task, variant), group in comparison.groupby(["notebook", "task", "variant"], sort=False):
+        val_split = SPLITS[task][0] if task in SPLITS else None
+        val = group[group["split"] == val_split]
+        tests = group[group["split"] != val_split]
+        target, table = _table6_score(notebook, variant), "table6 (score)"
+        if target is None:
+            known = val.dropna(subset=["paper"])
+            target = float(known["paper"].iloc[0]) if len(known) else None
+            table = known["paper_table"].iloc[0] if len(known) else None
+        rows.append({"notebook": notebook, "task": task, "variant": variant,
+                     "validation": float(val["ours"].mean()) if len(val) else None,
+                     "test (mean)": float(tests["ours"].mean()) if len(tests) else None,
+                     "paper": target, "paper table": table if target is not None else ""})
+    frame = pd.DataFrame(rows, columns=columns)
+    order = sorted(range(len(frame)), key=lambda i: (frame["notebook"][i], frame["task"][i],
+                                                     natural_key(frame["variant"][i])))
+    return frame.iloc[order].set_index(["notebook", "task", "variant"])
 
 
 #: Notebooks of the GPU reproduction and the parameters swept for each (one run per combination).

@@ -98,11 +98,13 @@ def check_kernel(kernel_name: str) -> None:
 def _kernel_env(work: Path) -> Iterator[None]:
     """The kernel's environment: this ``mmprompt`` first on PYTHONPATH (the notebook imports the same library
     as the runner, also when it is not pip-installed), and ``work`` as the directory where its tuning runs
-    keep checkpoints (:data:`mmprompt.core.env.TUNING_WORK_DIR`)."""
+    keep checkpoints (:data:`mmprompt.core.env.TUNING_WORK_DIR`), and text progress bars
+    (:mod:`mmprompt.core.progress`), whose final frame a saved notebook keeps."""
     root = str(PACKAGE_DIR.parent)
-    old = {name: os.environ.get(name) for name in ("PYTHONPATH", env.TUNING_WORK_DIR)}
+    old = {name: os.environ.get(name) for name in ("PYTHONPATH", env.TUNING_WORK_DIR, env.TEXT_PROGRESS)}
     os.environ["PYTHONPATH"] = root + (os.pathsep + old["PYTHONPATH"] if old["PYTHONPATH"] else "")
     os.environ[env.TUNING_WORK_DIR] = str(work)
+    os.environ[env.TEXT_PROGRESS] = "1"
     try:
         yield
     finally:
@@ -114,6 +116,33 @@ def _kernel_env(work: Path) -> Iterator[None]:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def final_frames(text: str) -> str:
+    """Stream text as a terminal would leave it: each line's state after its last carriage return (a text
+    progress bar's final frame), without blank lines (bars closed with ``leave=False``) or ANSI codes."""
+    lines = (_ANSI.sub("", line).rsplit("\r", 1)[-1].rstrip() for line in text.split("\n"))
+    return "".join(f"{line}\n" for line in lines if line)
+
+
+def tidy_streams(nb: Any) -> None:
+    """Merge each run of consecutive stream outputs of one name (the kernel sends a progress bar frame by
+    frame) and keep :func:`final_frames` of it; drop streams left empty."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        merged: list[Any] = []
+        for out in cell.get("outputs", []):
+            last = merged[-1] if merged else None
+            if (out.get("output_type") == "stream" and last is not None and last.get("output_type") == "stream"
+                    and last.get("name") == out.get("name")):
+                last["text"] = last.get("text", "") + out.get("text", "")
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.get("output_type") == "stream":
+                out["text"] = final_frames(out.get("text", ""))
+        cell["outputs"] = [o for o in merged if o.get("output_type") != "stream" or o["text"]]
 
 
 def _defaults_json(defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,7 +170,7 @@ def _describe_error(exc: BaseException) -> str:
 
 def _relocate_run_dir(nb_path: Path, tmp_dir: Path, final_dir: Path) -> None:
     """Point the injected ``run_dir`` (and papermill's record of it) of the executed notebook at
-    the directory the run is moved to."""
+    the directory the run is moved to, and keep only the final frame of its progress bars."""
     import nbformat
 
     if not nb_path.is_file():
@@ -156,6 +185,7 @@ def _relocate_run_dir(nb_path: Path, tmp_dir: Path, final_dir: Path) -> None:
         record["parameters"][RUN_DIR_PARAM] = new
     if isinstance(record.get("output_path"), str):
         record["output_path"] = record["output_path"].replace(old, new)
+    tidy_streams(nb)
     atomic.write_text(nb_path, nbformat.writes(nb))
 
 

@@ -54,10 +54,11 @@ def draw_example(
     pred_boxes: Sequence[Sequence[float]] | Sequence[float] | None = None,
     labels: Sequence[str] | None = None,
     title: str | None = None,
+    wrap: int = 48,
 ):
     """Draw an image with gold ``boxes`` (solid green), optional ``pred_boxes`` (dashed red), optional
-    per-box ``labels`` and ``texts`` written under the image. Boxes are (x0, y0, x1, y1) in the image's
-    pixels. Returns the matplotlib Axes."""
+    per-box ``labels`` and ``texts`` written under the image, wrapped at ``wrap`` characters. Boxes are
+    (x0, y0, x1, y1) in the image's pixels. Returns the matplotlib Axes."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -80,7 +81,7 @@ def draw_example(
     ax.set_yticks([])
     if texts is not None:
         lines = [texts] if isinstance(texts, str) else list(texts)
-        ax.set_xlabel("\n".join(_wrap(t) for t in lines), fontsize=8)
+        ax.set_xlabel(_caption(lines, wrap), fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
     return ax
@@ -98,17 +99,31 @@ def _wrap(text: str, width: int = 48) -> str:
     return "\n".join(lines)
 
 
+def _caption(lines: Sequence[str], width: int) -> str:
+    return "\n".join(_wrap(t, width) for t in lines)
+
+
+#: Characters of 8-pt caption text that fit in one inch of axes width (with a margin between columns).
+_CHARS_PER_INCH = 12.5
+
+
 def draw_grid(examples: Sequence[dict], ncols: int = 4, size: float = 3.0):
     """Several :func:`draw_example` calls in a grid; each dict holds its keyword arguments (``image`` ...).
-    Returns the figure."""
+    Captions are wrapped to the column width and every row is as tall as its longest caption needs, so no
+    caption runs into a neighbour or into the row below. Returns the figure."""
     import matplotlib.pyplot as plt
 
     if not examples:
         raise ValueError("examples: need at least one example to draw")
     nrows = (len(examples) + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.8) * nrows), squeeze=False)
+    wrap = max(12, int(size * _CHARS_PER_INCH))
+    texts = [ex.get("texts") for ex in examples]
+    n_lines = max(_caption([t] if isinstance(t, str) else list(t), wrap).count("\n") + 1 if t else 0
+                  for t in texts)
+    row_height = size + 0.45 + 0.15 * n_lines  # image, title, caption lines (8 pt ≈ 0.15 in)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, row_height * nrows), squeeze=False)
     for ax, ex in zip(axes.flat, examples):
-        draw_example(ax=ax, **ex)
+        draw_example(ax=ax, **{"wrap": wrap, **ex})
     for ax in list(axes.flat)[len(examples):]:
         ax.axis("off")
     fig.tight_layout()

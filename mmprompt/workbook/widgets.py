@@ -18,7 +18,7 @@ from mmprompt.workbook.prefix_layout import prefix_budget
 from mmprompt.tuning.prefix import PrefixConfig
 from mmprompt.tuning.sites import discover_sites, stack_of
 
-__all__ = ["SLIDER_CLASS", "DEPTH_CLASS", "OUTPUT_CLASS", "budget_html", "prefix_explorer"]
+__all__ = ["SLIDER_CLASS", "DEPTH_CLASS", "OUTPUT_CLASS", "budget_html", "prefix_explorer", "show_with_fallback"]
 
 SLIDER_CLASS = "mmprompt-explorer-slider"
 DEPTH_CLASS = "mmprompt-explorer-depth"
@@ -83,3 +83,22 @@ def prefix_explorer(model: nn.Module, config: PrefixConfig | None = None, *, max
     depth.observe(update, names="value")
     update()
     return widgets.VBox([length, depth, report])
+
+
+def show_with_fallback(widget, figure, note: str = "an interactive widget: run the notebook to use it") -> None:
+    """Display ``widget`` in one output that also holds ``figure`` as a PNG and ``note`` as text: a live kernel
+    renders the widget; a saved copy (GitHub, nbviewer, ``papermill_runs/``) shows the figure instead of the
+    widget's bare ``VBox(...)`` repr. Closes ``figure``."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight", dpi=90)
+    plt.close(figure)
+    bundle = widget._repr_mimebundle_()
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    display({**data, "image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": note},
+            raw=True)
