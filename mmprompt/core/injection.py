@@ -7,6 +7,11 @@ attention mask is widened so that every query sees every prefix column with zero
 bias, never masked). Prefixes therefore never enter a cache, are re-prepended at every decoding step,
 and follow any batch size (beam search expands the batch; the prefix is expanded to match).
 
+Per-row prefixes (a prompt bank serving a mixed batch): a provider may return ``[N, heads, P, head_dim]``
+prefixes with a third item, a boolean ``[N, P]`` column mask (True = a real prefix column of that row):
+rows with shorter prompts, or none, get their padding columns blocked. A provider may also return None
+(no prefix for this call).
+
 OFA's attention (``mmprompt.models.ofa``) calls this directly; transformers' BART-family attention
 reaches it through a registered attention function (``mmprompt.tuning.hf``).
 """
@@ -24,9 +29,10 @@ PREFIX_ATTR = "mmprompt_prefix_provider"
 
 
 class PrefixProvider(Protocol):
-    """Returns (key, value) prefixes shaped [B or 1, heads, P, head_dim] for a batch of size B."""
+    """Returns (key, value) prefixes shaped [B or 1, heads, P, head_dim] for a batch of size B, optionally
+    with a boolean [B, P] column mask (True = attend), or None for no prefix."""
 
-    def __call__(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def __call__(self, batch_size: int) -> tuple[torch.Tensor, ...] | None: ...
 
 
 def attach(module: torch.nn.Module, provider: PrefixProvider | Callable) -> None:
@@ -56,13 +62,17 @@ def extend_with_prefix(
     ``key``/``value``: [B, heads, Tk, head_dim]. ``attn_mask``: None, an additive float mask
     (0 = attend, -inf/min = blocked) or a boolean mask (True = attend) whose last dim is Tk and
     whose leading dims broadcast against [B, heads, Tq]. The returned mask has Tk + P columns, the
-    first P of them open with zero bias.
+    first P of them open with zero bias (or, with a per-row column mask, blocked where it is False).
     """
     provider = provider_of(module)
     if provider is None:
         return key, value, attn_mask
     batch = key.shape[0]
-    pk, pv = provider(batch)
+    given = provider(batch)
+    if given is None:
+        return key, value, attn_mask
+    pk, pv = given[0], given[1]
+    columns = given[2] if len(given) > 2 else None
     pk = pk.to(dtype=key.dtype).expand(batch, -1, -1, -1)
     pv = pv.to(dtype=value.dtype).expand(batch, -1, -1, -1)
     if pk.shape[1] != key.shape[1] or pk.shape[-1] != key.shape[-1]:
@@ -72,8 +82,28 @@ def extend_with_prefix(
         )
     key = torch.cat([pk, key], dim=2)
     value = torch.cat([pv, value], dim=2)
+    if columns is not None:
+        return key, value, _row_mask(attn_mask, columns, key)
     if attn_mask is not None:
         n_prefix = pk.shape[2]
         fill = True if attn_mask.dtype == torch.bool else 0.0
         attn_mask = F.pad(attn_mask, (n_prefix, 0), value=fill)
     return key, value, attn_mask
+
+
+def _row_mask(attn_mask: torch.Tensor | None, columns: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """``attn_mask`` widened by per-row prefix columns ([N, P] bool, True = attend) → [N, h, Tq, P + Tk]."""
+    batch, n_prefix = columns.shape
+    n_keys = key.shape[2] - n_prefix
+    if attn_mask is None:
+        attn_mask = torch.zeros(1, 1, 1, n_keys, dtype=key.dtype, device=key.device)
+    while attn_mask.dim() < 4:
+        attn_mask = attn_mask.unsqueeze(0)
+    lead = torch.broadcast_shapes(attn_mask.shape[:-1], (batch, 1, 1))
+    if attn_mask.dtype == torch.bool:
+        prefix = columns
+    else:
+        blocked = torch.finfo(attn_mask.dtype).min
+        prefix = torch.zeros(columns.shape, dtype=attn_mask.dtype, device=columns.device).masked_fill(~columns, blocked)
+    prefix = prefix[:, None, None, :].expand(*lead, n_prefix)
+    return torch.cat([prefix, attn_mask.expand(*lead, n_keys)], dim=-1)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from mmprompt.core.checks import read_json
 from mmprompt.core.atomic import atomic_write, write_json
 from mmprompt.tuning import state as st
-from mmprompt.tuning.prefix import PrefixConfig, PrefixModule, apply_prefix, prefix_module
+from mmprompt.tuning.prefix import PrefixConfig, PrefixModule, apply_prefix, new_prefix_module, prefix_module
 from mmprompt.tuning.sites import discover_sites
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,12 @@ def save_prompt(model: nn.Module, directory: str | os.PathLike, *, fold: bool = 
 
     ``fold=True`` stores the flat tables a reparameterisation MLP produces (the live module is unchanged).
     """
-    bank = prefix_module(model)
+    return write_prompt(prefix_module(model), fingerprint(model), directory, fold=fold)
+
+
+def write_prompt(bank: PrefixModule, backbone_fingerprint: dict[str, Any], directory: str | os.PathLike, *,
+                 fold: bool = False) -> Path:
+    """Write one :class:`PrefixModule` (trained on the backbone with ``backbone_fingerprint``) to ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = bank.config
@@ -101,7 +106,7 @@ def save_prompt(model: nn.Module, directory: str | os.PathLike, *, fold: bool = 
         "version": FORMAT_VERSION,
         "config": config.to_dict(),
         "layers": bank.layers(),
-        "fingerprint": fingerprint(model),
+        "fingerprint": backbone_fingerprint,
     }
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
     write_json(directory / CONFIG_FILE, meta)
@@ -124,29 +129,42 @@ def read_prompt_meta(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def read_prompt(model: nn.Module, directory: str | os.PathLike,
+                current_fingerprint: dict[str, Any] | None = None) -> PrefixModule:
+    """The saved prompt as a :class:`PrefixModule` planned on ``model``'s sites (on its device and dtype), not
+    attached to anything. Every check runs here: format, backbone fingerprint (``ValueError`` naming every
+    difference), config against the backbone's depth, and the weights against the config."""
+    meta = read_prompt_meta(directory)
+    diffs = fingerprint_differences(meta["fingerprint"], current_fingerprint or fingerprint(model))
+    if diffs:
+        raise ValueError(f"prompt in {str(directory)!r} was trained on another backbone: " + "; ".join(diffs))
+    try:
+        bank = new_prefix_module(model, PrefixConfig.from_dict(meta["config"]))
+    except ValueError as err:
+        raise ValueError(f"prompt in {str(directory)!r} does not fit this backbone: {err}") from err
+    if bank.layers() != meta["layers"]:
+        raise ValueError(f"saved prompt targets layers {meta['layers']}, config resolves to {bank.layers()}")
+    reference = next(bank.parameters())
+    tensors = {k: v.to(reference) for k, v in load_file(str(Path(directory) / WEIGHTS_FILE)).items()}
+    try:
+        bank.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"prompt weights in {str(directory)!r} do not fit its config: {err}") from err
+    bank.clear_cache()
+    return bank
+
+
 def load_prompt(model: nn.Module, directory: str | os.PathLike) -> PrefixModule:
     """Apply the saved prompt to ``model`` (which must carry no tuning method) and return its module.
 
     Raises ``ValueError`` naming every difference if ``model`` is not the backbone the prompt was saved
     from.
     """
-    meta = read_prompt_meta(directory)
-    diffs = fingerprint_differences(meta["fingerprint"], fingerprint(model))
-    if diffs:
-        raise ValueError(f"prompt in {str(directory)!r} was trained on another backbone: " + "; ".join(diffs))
-    config = PrefixConfig.from_dict(meta["config"])
-    tensors = load_file(str(Path(directory) / WEIGHTS_FILE))
-    bank = apply_prefix(model, config)
-    try:
-        if bank.layers() != meta["layers"]:
-            raise ValueError(f"saved prompt targets layers {meta['layers']}, config resolves to {bank.layers()}")
-        try:
-            bank.load_state_dict(tensors, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"prompt weights in {str(directory)!r} do not fit its config: {err}") from err
-    except BaseException:
-        st.remove_current(model)
-        raise
+    st.ensure_free(model, "prefix")
+    saved = read_prompt(model, directory)
+    bank = apply_prefix(model, saved.config)
+    with torch.no_grad():
+        bank.load_state_dict(saved.state_dict(), strict=True)
     bank.clear_cache()
     logger.info("loaded prompt from %s", directory)
     return bank

@@ -413,22 +413,30 @@ def _check_calls_hook(providers: list[_LayerPrefix]):
     return hook
 
 
+def new_prefix_module(model: nn.Module, config: PrefixConfig, backbone: BackboneSites | None = None) -> PrefixModule:
+    """A freshly initialised :class:`PrefixModule` for ``model``'s sites (on its device and dtype), not
+    attached to anything. Raises ``ValueError`` if the config does not fit the model."""
+    if not isinstance(config, PrefixConfig):
+        raise ValueError(f"config must be a PrefixConfig, got {type(config).__name__}")
+    plans = plan_sites(backbone or discover_sites(model), config)
+    bank = PrefixModule(config, plans)
+    _initialise(bank, model)
+    reference = plans[config.sites[0]].sites[0].module.k_proj.weight
+    bank.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
+    return bank
+
+
 def apply_prefix(model: nn.Module, config: PrefixConfig) -> PrefixModule:
     """Add prefixes to ``model`` (frozen otherwise) and return the module holding the prompt parameters.
 
     The returned module is also registered as ``model.mmprompt_prefix``. Raises ``ValueError`` before
     changing anything if the config does not fit the model.
     """
-    if not isinstance(config, PrefixConfig):
-        raise ValueError(f"config must be a PrefixConfig, got {type(config).__name__}")
     st.ensure_free(model, PrefixConfig.method)
     st.check_prompt_length(model, config.length)
     backbone = discover_sites(model)
-    plans = plan_sites(backbone, config)
-    bank = PrefixModule(config, plans)
-    _initialise(bank, model)
-    reference = plans[config.sites[0]].sites[0].module.k_proj.weight
-    bank.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
+    bank = new_prefix_module(model, config, backbone)
+    plans = bank.plans
 
     restore_impl = _enable_transformers_attention(plans)  # validates before changing anything
     state = st.begin(model, PrefixConfig.method, config)
