@@ -235,3 +235,12 @@ def test_saved_prompts_reload_into_a_fresh_bank_identically(model, batch, tmp_pa
 def test_route_batch_mismatch_refused(model, batch):
     with pytest.raises(ValueError, match="the route has 4 rows, but an attention call got a batch of 6"):
         logits(model, batch, ROUTE[:4])
+
+
+def test_one_name_routes_every_row_of_any_batch(model, batch):
+    bank = bank_of(model)
+    with torch.no_grad(), bank.route("vqa"):
+        everywhere = model(**batch).logits
+        three = model(**{k: v[:3] for k, v in batch.items()}).logits
+    assert torch.equal(everywhere, logits(model, batch, ["vqa"] * len(ROUTE)))
+    assert (three - everywhere[:3]).abs().max() <= TOL

@@ -21,7 +21,8 @@ from mmprompt.data.boxes import (
     scale_box,
     tokens_to_box,
 )
-from mmprompt.data.collate import PretrainDataset, TaskDataset, collate_batch, load_answer_list, pad_sequences
+from mmprompt.data.collate import (PretrainDataset, TaskDataset, collate_batch, collate_mixed, load_answer_list,
+                                   pad_sequences)
 from mmprompt.data.preprocess import IMAGE_MEAN, IMAGE_STD, denormalize, preprocess_image, resize_square
 from mmprompt.data.tasks import (
     CAPTION_INSTRUCTION,
@@ -126,6 +127,7 @@ __all__ = [
     "CAPTION_INSTRUCTION",
     "clean_caption_target",
     "collate_batch",
+    "collate_mixed",
     "constraint_mask",
     "count_rows",
     "dataset_name",

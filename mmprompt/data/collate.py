@@ -390,7 +390,27 @@ def collate_batch(samples: list[dict], pad_id: int = PAD) -> dict:
         raise ValueError("samples: cannot collate an empty list")
     tasks = {s["task"] for s in samples}
     if len(tasks) != 1:
-        raise ValueError(f"samples mix tasks {sorted(tasks)}: a batch holds one task")
+        raise ValueError(f"samples mix tasks {sorted(tasks)}: a batch holds one task (collate_mixed mixes them)")
+    return _merge(samples, pad_id)
+
+
+def collate_mixed(samples: list[dict], pad_id: int = PAD) -> dict:
+    """Merge items of several tasks (one prompt bank serving them): the batch contract with ``task`` =
+    ``"mixed"`` and ``tasks``, the task of each row (constraint masks only when every item has one)."""
+    if not samples:
+        raise ValueError("samples: cannot collate an empty list")
+    sizes = {s["patch_image_size"] for s in samples}
+    if len(sizes) != 1:
+        raise ValueError(f"samples have image sizes {sorted(sizes)}: a batch holds one size")
+    widths = {s["constraint_mask"].shape[1] for s in samples if s.get("constraint_mask") is not None}
+    if len(widths) > 1:
+        samples = [{**s, "constraint_mask": None} for s in samples]
+    batch = _merge([{**s, "task": "mixed"} for s in samples], pad_id)
+    batch["tasks"] = [s["task"] for s in samples]
+    return batch
+
+
+def _merge(samples: list[dict], pad_id: int) -> dict:
     B, S = len(samples), samples[0]["patch_image_size"]
     patch_images = torch.zeros(B, 3, S, S)
     patch_masks = torch.zeros(B, dtype=torch.bool)
@@ -416,10 +436,10 @@ def collate_batch(samples: list[dict], pad_id: int = PAD) -> dict:
         for i, m in enumerate(masks):
             cm[i, : m.shape[0]] = m
         batch["constraint_masks"] = cm
-    if "answer_scores" in samples[0]:
-        batch["answer_scores"] = [s["answer_scores"] for s in samples]
-    if "loss_weight" in samples[0]:
-        batch["loss_weights"] = torch.tensor([float(s["loss_weight"]) for s in samples])
+    if any("answer_scores" in s for s in samples):
+        batch["answer_scores"] = [s.get("answer_scores") for s in samples]
+    if any("loss_weight" in s for s in samples):  # a mixed batch: rows without one weigh 1
+        batch["loss_weights"] = torch.tensor([float(s.get("loss_weight", 1.0)) for s in samples])
     if batch["task"] == "pretrain":
         batch["subtasks"] = [s["subtask"] for s in samples]
     return batch

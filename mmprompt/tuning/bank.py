@@ -143,7 +143,7 @@ class PromptBank(nn.Module):
 
     def remove_prompt(self, name: str) -> None:
         self._check_names([name])
-        if self._route is not None and name in self._route:
+        if self._route is not None and name in self._active:
             raise ValueError(f"prompt {name!r} is used by the current route; leave the route first")
         del self.prompts[name]
 
@@ -169,24 +169,28 @@ class PromptBank(nn.Module):
         if unknown:
             raise ValueError(f"unknown prompt name(s) {unknown}; the bank holds {self.names} (or None for none)")
 
-    def set_route(self, names: RouteNames | None) -> None:
-        """Route row ``i`` of the next batches to prompt ``names[i]`` (None: no prompt); None clears."""
+    def set_route(self, names: RouteNames | str | None) -> None:
+        """Route row ``i`` of the next batches to prompt ``names[i]`` (None: no prompt). A single name routes
+        every row of any batch to that prompt; None clears the route (the plain backbone)."""
         if names is None:
             self._route, self._row_index, self._active = None, None, []
             self._reset_prefixes()
             return
-        if isinstance(names, str) or not isinstance(names, Sequence) or len(names) == 0:
-            raise ValueError(f"route={names!r}: expected a non-empty list with one prompt name (or None) per row")
-        self._check_names(names)
-        active = list(dict.fromkeys(n for n in names if n is not None))
-        index = [active.index(n) if n is not None else len(active) for n in names]
+        every = isinstance(names, str)
+        if not every and (not isinstance(names, Sequence) or len(names) == 0):
+            raise ValueError(f"route={names!r}: expected a prompt name, or a non-empty list with one prompt name "
+                             f"(or None) per row")
+        rows = [names] if every else list(names)
+        self._check_names(rows)
+        active = list(dict.fromkeys(n for n in rows if n is not None))
+        index = [active.index(n) if n is not None else len(active) for n in rows]
         device = next(self.prompts[active[0]].parameters()).device if active else "cpu"
-        self._route, self._active = list(names), active
+        self._route, self._active = (names if every else rows), active
         self._row_index = torch.tensor(index, dtype=torch.long, device=device)
         self._reset_prefixes()
 
     @contextlib.contextmanager
-    def route(self, names: RouteNames) -> Iterator["PromptBank"]:
+    def route(self, names: RouteNames | str | None) -> Iterator["PromptBank"]:
         """Context manager: ``with bank.route(names): model(...)`` (the previous route is restored after)."""
         previous = self._route
         self.set_route(names)
@@ -204,7 +208,7 @@ class PromptBank(nn.Module):
         rows = self._expanded.get(batch_size)
         if rows is not None:
             return rows
-        n = len(self._route)
+        n = len(self._row_index)
         if batch_size % n:
             raise ValueError(f"the route has {n} rows, but an attention call got a batch of {batch_size} "
                              f"(must be a multiple: each routed row repeated consecutively)")

@@ -1,0 +1,114 @@
+"""Multi-task prefix tuning in one loop: one frozen backbone, one prompt per task, mixed batches.
+
+>>> result = train_bank(load_model("ofa-nano"), profile="ci")
+>>> result.scores            # each task scored with its own prompt routed
+>>> result.bank.names        # the prompts, ready to save or to serve a mixed batch
+
+The four tasks' training sets are concatenated and shuffled together; every batch mixes tasks, each row is
+routed to its task's prompt (:mod:`mmprompt.tuning.bank`), and the one optimizer step updates only the
+prompts whose rows were in the batch, each from its own rows' loss. The budget is the profile's: ``steps``
+× the number of tasks steps of ``batch_size`` examples, i.e. as many examples per task as one single-task
+run of the profile.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from mmprompt.data import collate_mixed, split_path
+from mmprompt.eval.distributed import shared_tempdir
+from mmprompt.experiment.profiles import SPLITS, TASKS, resolve_profile
+from mmprompt.experiment.tune import _dataset, _train_config, evaluate_splits, model_size, resolve_data
+from mmprompt.training import train
+from mmprompt.training.losses import Seq2SeqLoss
+from mmprompt.tuning import PrefixConfig
+from mmprompt.tuning.bank import PromptBank, apply_bank
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BankResult:
+    """What :func:`train_bank` did: the model with its bank, validation scores with and without prompts."""
+
+    model: torch.nn.Module
+    bank: PromptBank
+    scores: dict[str, float]
+    zero_shot: dict[str, float]
+    trainable: dict[str, int]
+    steps: int
+    train_time_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    predictions: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def _check_tasks(tasks: Any) -> tuple[str, ...]:
+    if isinstance(tasks, str) or not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks={tasks!r}: a non-empty list of distinct tasks from {TASKS}")
+    return tuple(tasks)
+
+
+class RoutedLoss:
+    """``loss_fn(model, batch)`` of a mixed batch: each row routed to its task's prompt."""
+
+    def __init__(self, bank: PromptBank, pad_id: int, label_smoothing: float) -> None:
+        self.bank, self.loss = bank, Seq2SeqLoss(pad_id, label_smoothing)
+
+    def __call__(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        with self.bank.route(batch["tasks"]):
+            return self.loss(model, batch)
+
+
+def train_bank(backbone, tasks: tuple[str, ...] | list[str] = TASKS, *, profile: str = "ci", length: int | None = None,
+               seed: int = 0, steps: int | None = None, lr: float | None = None,
+               data_dir: str | os.PathLike | None = None, zero_shot: bool = True,
+               progress: bool = True) -> BankResult:
+    """Train one prompt per task on a copy of ``backbone.model`` in one loop of mixed batches (see the module
+    docstring) and score each task's validation split with its prompt (and, with ``zero_shot``, without)."""
+    tasks = _check_tasks(tasks)
+    prof = resolve_profile(profile, tasks[0], "prefix", model_size(backbone))
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+        raise ValueError(f"length={length!r}: must be None or an integer >= 1")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps={steps!r}: must be None or an integer >= 1")
+    data = resolve_data(prof, data_dir)
+    torch.manual_seed(seed)
+    model = copy.deepcopy(backbone.model)
+    bank = apply_bank(model)
+    for i, task in enumerate(tasks):
+        bank.add(task, PrefixConfig(length=length or prof.prompt_length, seed=seed + i))
+    train_ds = ConcatDataset([_dataset(backbone, t, split_path(data, t, "train"), prof, expand_refs=t == "caption")
+                              for t in tasks])
+    total_steps = (steps or prof.steps or 100) * len(tasks)
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    loss_fn = RoutedLoss(bank, 1 if pad is None else int(pad), prof.label_smoothing)
+    start = time.time()
+    with shared_tempdir(prefix="mmprompt-bank-") as scratch:
+        cfg = _train_config(prof, "prefix", lr, seed, Path(scratch), "loss", progress)
+        cfg = dataclasses.replace(cfg, max_steps=total_steps, epochs=None, eval_every=None, restore_best=False,
+                                  log_every=max(1, total_steps // 20))
+        result = train(model, train_ds, cfg, loss_fn=loss_fn, collate_fn=collate_mixed)
+    train_time = time.time() - start
+    model.eval()
+    scores, zero, predictions = {}, {}, {}
+    for task in tasks:
+        val = (SPLITS[task][0],)
+        with bank.route(task):
+            scored = evaluate_splits(backbone, model, task, data, prof, val)[val[0]]
+        scores[task], predictions[task] = scored.score, scored.predictions
+        if zero_shot:  # no route: the plain backbone
+            zero[task] = evaluate_splits(backbone, model, task, data, prof, val)[val[0]].score
+    trainable = {t: sum(p.numel() for p in bank.prompt(t).parameters()) for t in tasks}
+    logger.info("prompt bank %s: %d steps in %.1f s; scores %s", list(tasks), result.steps, train_time, scores)
+    return BankResult(model, bank, scores, zero, trainable, result.steps, round(train_time, 2), result.history,
+                      predictions)
