@@ -20,12 +20,12 @@ from mmprompt.workbook import api as wb
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-#: The course order: a tour, the mechanism, the tasks, the ablations, the paper; the pretraining appendix last
-#: (11 is the prompt bank's, issue #20).
+#: The course order: a tour, the mechanism, the tasks, the ablations, the paper, one backbone serving many
+#: prompts; the pretraining appendix last.
 EXPECTED = [
     "00_tour", "01_prefix_tuning_explained", "02_tasks", "03_prompt_length", "04_prompt_depth",
     "05_reparameterization", "06_robustness", "07_efficiency", "08_lightweight_methods", "09_model_scale",
-    "10_paper_reproduction", "12_appendix_pretraining",
+    "10_paper_reproduction", "11_prompt_bank", "12_appendix_pretraining",
 ]
 #: Functions a notebook may define: the mechanism written out by hand in 01 (checked there against the library).
 TEACHING_CODE = {"01_prefix_tuning_explained": ["prefix_attention"]}
@@ -35,6 +35,7 @@ RULE_OVERRIDES = {
     "12_appendix_pretraining": {"backbone": params.one_of("ofa-nano", "ofa-nano-small")},
     "02_tasks": {"task": wb.optional(params.one_of(*params.TASKS))},  # None: all four tasks
     "03_prompt_length": {"length": wb.optional(params.int_range(1))},  # None: the profile's grid
+    "11_prompt_bank": {"per_task": params.int_range(1)},
 }
 
 
@@ -48,7 +49,7 @@ def _code(nb: nbformat.NotebookNode) -> list:
 
 def test_the_numbered_notebooks_are_all_there():
     found = [p.stem for p in nt.list_notebooks(REPO)]
-    assert [s for s in found if not s.startswith("11_")] == EXPECTED  # 11: the prompt bank (issue #20)
+    assert found == EXPECTED
 
 
 def test_committed_notebooks_are_clean_and_their_generated_cells_fresh():
@@ -89,7 +90,7 @@ def test_parameters_cell_defaults(stem):
     defaults = params.notebook_parameters(NOTEBOOKS / f"{stem}.ipynb")
     assert defaults["profile"] == "ci" and defaults["seed"] == 0 and defaults["run_dir"] is None
     assert defaults["backbone"] == "ofa-nano" and defaults["model_dir"] is None and defaults["data_dir"] is None
-    if stem not in ("12_appendix_pretraining", "10_paper_reproduction"):
+    if stem not in ("12_appendix_pretraining", "10_paper_reproduction", "11_prompt_bank"):
         assert "task" in defaults
     wb.validate(RULE_OVERRIDES.get(stem, {}), **defaults)  # the rules the notebook validates with accept them
 

@@ -321,6 +321,24 @@ def _verdicts(one: dict[str, Any]) -> list[str]:
     return out
 
 
+#: What the workbook measures at each profile (``ci``: seconds; ``cpu``/``gpu``: the bench's defaults).
+PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
+    "ci": dict(batch=16, src_len=16, decode_len=4, warmup=0, reps=1, memory=False),
+    "cpu": dict(batch=32, src_len=32, decode_len=16, warmup=1, reps=3, memory=True),
+    "gpu": dict(batch=32, src_len=32, decode_len=16, warmup=1, reps=3, memory=True),
+}
+
+
+def run_at_profile(backbone: str, profile: str, length: int, image_size: int = 96, seed: int = 0) -> dict[str, Any]:
+    """The four contenders on one backbone (a checkpoint directory or a preset) at a profile's settings."""
+    if profile not in PROFILE_SETTINGS:
+        raise ValueError(f"profile={profile!r}: allowed {sorted(PROFILE_SETTINGS)}")
+    s = PROFILE_SETTINGS[profile]
+    work = Workload(backbone, batch=s["batch"], src_len=s["src_len"], image_size=image_size, length=length,
+                    decode_len=s["decode_len"], seed=seed)
+    return run([work], warmup=s["warmup"], reps=s["reps"], memory=s["memory"], in_process=not s["memory"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmprompt.bench serve", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="ofa-base", help="the random-weight backbone shape ('' to skip)")

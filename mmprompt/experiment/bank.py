@@ -112,3 +112,22 @@ def train_bank(backbone, tasks: tuple[str, ...] | list[str] = TASKS, *, profile:
     logger.info("prompt bank %s: %d steps in %.1f s; scores %s", list(tasks), result.steps, train_time, scores)
     return BankResult(model, bank, scores, zero, trainable, result.steps, round(train_time, 2), result.history,
                       predictions)
+
+
+def validation_datasets(backbone, tasks: tuple[str, ...] | list[str] = TASKS, *, profile: str = "ci",
+                        data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Each task's validation ``TaskDataset`` at the profile's settings (what :func:`train_bank` scores)."""
+    tasks = _check_tasks(tasks)
+    prof = resolve_profile(profile, tasks[0], "prefix", model_size(backbone))
+    data = resolve_data(prof, data_dir)
+    return {t: _dataset(backbone, t, split_path(data, t, SPLITS[t][0]), prof) for t in tasks}
+
+
+def mixed_samples(datasets: dict[str, Any], per_task: int = 2) -> list[dict]:
+    """The first ``per_task`` items of every dataset, the tasks alternating (item k of each task in turn)."""
+    if isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 1:
+        raise ValueError(f"per_task={per_task!r}: must be an integer >= 1")
+    short = {t: len(ds) for t, ds in datasets.items() if len(ds) < per_task}
+    if short:
+        raise ValueError(f"per_task={per_task}: datasets {short} have fewer examples")
+    return [ds[k] for k in range(per_task) for ds in datasets.values()]

@@ -12,6 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "mmprompt.tuning.adapter": ("AdapterConfig", "apply_adapter"),
+    "mmprompt.tuning.bank": ("PromptBank", "apply_bank", "bank_of", "remove_bank"),
     "mmprompt.tuning.baselines": ("BitFitConfig", "FinetuneConfig", "apply_bitfit", "apply_finetune"),
     "mmprompt.tuning.export": ("fingerprint", "load_prompt", "save_prompt"),
     "mmprompt.tuning.lora": ("LoRAConfig", "apply_lora"),

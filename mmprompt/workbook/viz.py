@@ -4,6 +4,7 @@ methods' predictions on the same examples, and training curves."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -243,6 +244,24 @@ def gold_examples(dataset, n: int = 1, start: int = 0) -> list[dict]:
                    "title": dataset.task}
         if dataset.task == "refcoco":
             example["boxes"] = item["ref"]["box"]
+        out.append(example)
+    return out
+
+
+def mixed_examples(samples: Sequence[dict], datasets: Mapping[str, Any], answers: Sequence[Any]) -> list[dict]:
+    """Keyword-argument dicts for :func:`draw_grid`: one mixed batch's items (each from the dataset of its
+    ``task``) with the answer given to each, titled with the task (and so the prompt) that answered it."""
+    if len(samples) != len(answers) or not samples:
+        raise ValueError(f"{len(samples)} samples and {len(answers)} answers: need one answer per sample")
+    out = []
+    for item, answer in zip(samples, answers):
+        task = item["task"]
+        ds = datasets[task]
+        record = next(ds.record(k)[0] for k in range(len(ds)) if ds.record(k)[0].uniq_id == item["id"])
+        example = {"image": item["patch_image"], "texts": _prediction_texts(task, record, answer, item["ref"]),
+                   "title": f"prompt: {task}"}
+        if task == "refcoco":
+            example.update(boxes=item["ref"]["box"], pred_boxes=answer)
         out.append(example)
     return out
 
