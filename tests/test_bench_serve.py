@@ -34,6 +34,8 @@ def test_every_contender_on_both_backbones(report, capsys):
         for r in rows.values():
             assert r["rows_per_s"] > 0 and math.isfinite(r["mixed_speedup"])
         assert rows["mixed"]["mixed_speedup"] == 1.0
+        verdict = serve._verdicts(one)[1]  # mixed rows/s over single's = single's time over mixed's
+        assert verdict.startswith(f"mixed / single-prompt throughput: {rows['single']['mixed_speedup']:.2f}×")
         backbone_mb = rows["four_models"]["weights_mb"] / 4
         prompts = 4 * one["prompt_parameters"] * 4 / 2**20
         assert rows["mixed"]["weights_mb"] == pytest.approx(backbone_mb + prompts)

@@ -8,7 +8,8 @@ bias, never masked). Prefixes therefore never enter a cache, are re-prepended at
 and follow any batch size (beam search expands the batch; the prefix is expanded to match).
 
 Per-row prefixes (a prompt bank serving a mixed batch): a provider may return ``[N, heads, P, head_dim]``
-prefixes with a third item, a boolean ``[N, P]`` column mask (True = a real prefix column of that row):
+prefixes with a third item, an ``[N, P]`` column mask, boolean (True = a real prefix column of that row) or
+additive float (0 = real, a large negative number = padding):
 rows with shorter prompts, or none, get their padding columns blocked. A provider may also return None
 (no prefix for this call).
 
@@ -92,18 +93,22 @@ def extend_with_prefix(
 
 
 def _row_mask(attn_mask: torch.Tensor | None, columns: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """``attn_mask`` widened by per-row prefix columns ([N, P] bool, True = attend) → [N, h, Tq, P + Tk]."""
+    """``attn_mask`` widened by per-row prefix columns → [N, ..., P + Tk]. ``columns`` is [N, P]: boolean
+    (True = attend) or additive float (0 = attend, a large negative number = blocked)."""
     batch, n_prefix = columns.shape
-    n_keys = key.shape[2] - n_prefix
     if attn_mask is None:
-        attn_mask = torch.zeros(1, 1, 1, n_keys, dtype=key.dtype, device=key.device)
+        attn_mask = torch.zeros(1, 1, 1, key.shape[2] - n_prefix, dtype=key.dtype, device=key.device)
     while attn_mask.dim() < 4:
         attn_mask = attn_mask.unsqueeze(0)
-    lead = torch.broadcast_shapes(attn_mask.shape[:-1], (batch, 1, 1))
     if attn_mask.dtype == torch.bool:
-        prefix = columns
+        prefix = columns if columns.dtype == torch.bool else columns.eq(0)
+    elif columns.dtype == torch.bool:
+        prefix = torch.zeros(columns.shape, dtype=attn_mask.dtype, device=columns.device)
+        prefix = prefix.masked_fill(~columns, torch.finfo(attn_mask.dtype).min)
     else:
-        blocked = torch.finfo(attn_mask.dtype).min
-        prefix = torch.zeros(columns.shape, dtype=attn_mask.dtype, device=columns.device).masked_fill(~columns, blocked)
-    prefix = prefix[:, None, None, :].expand(*lead, n_prefix)
-    return torch.cat([prefix, attn_mask.expand(*lead, n_keys)], dim=-1)
+        prefix = columns.to(attn_mask.dtype)
+    if attn_mask.shape[0] != batch:
+        attn_mask = attn_mask.expand(batch, *attn_mask.shape[1:])
+    out = F.pad(attn_mask, (n_prefix, 0))
+    out[..., :n_prefix] = prefix[:, None, None, :]
+    return out

@@ -72,7 +72,9 @@ class _RoutedPrefix:
             return cached
         rows = self.bank._rows_for(batch_size)
         kv = prefixes.kv.index_select(0, rows)
-        out = (kv[:, 0], kv[:, 1], prefixes.columns.index_select(0, rows))
+        columns = prefixes.columns.index_select(0, rows)
+        blocked = torch.zeros(columns.shape, dtype=kv.dtype, device=kv.device)  # additive: built once per route
+        out = (kv[:, 0], kv[:, 1], blocked.masked_fill(~columns, torch.finfo(kv.dtype).min))
         if not torch.is_grad_enabled():
             prefixes.gathered[batch_size] = out
         return out
