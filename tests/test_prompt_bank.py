@@ -22,9 +22,9 @@ PROMPTS = {
     "refcoco": PrefixConfig(length=6, dropout=0.0, init_std=0.5, seed=1),
     "caption": PrefixConfig(length=3, sites=("decoder_cross",), depth=2, depth_from="top", dropout=0.0,
                             init_std=0.5, seed=2),
-    "vqa": PrefixConfig(length=8, sites=("encoder_self", "decoder_self", "decoder_cross"), depth=[0, 3],
+    "vqa": PrefixConfig(length=8, sites=("encoder_self", "decoder_self", "decoder_cross"), layers={"encoder": [0, 3], "decoder": [0, 3]},
                         dropout=0.0, init_std=0.5, seed=3),
-    "snli_ve": PrefixConfig(length=4, reparam=16, dropout=0.0, init_std=0.5, seed=4),
+    "snli_ve": PrefixConfig(length=4, reparam=True, reparam_hidden=16, dropout=0.0, init_std=0.5, seed=4),
 }
 ROUTE = ["refcoco", "caption", None, "vqa", "snli_ve", "caption"]
 

@@ -5,7 +5,8 @@ scoring on an expanded batch, greedy / beam / constrained ``generate`` with the 
 import pytest
 import torch
 
-from mmprompt.models.florence2 import florence2_backbone, save_tiny_florence2
+from mmprompt.experiment.florence2 import florence2_backbone
+from mmprompt.models.florence2 import save_tiny_florence2
 from mmprompt.tuning import PrefixConfig
 from mmprompt.tuning.bank import apply_bank, bank_of, remove_bank
 from mmprompt.tuning.testing import single_thread, tiny_bart
@@ -17,7 +18,7 @@ PROMPTS = {
     "caption": PrefixConfig(length=2, dropout=0.0, init_std=1.0, seed=2),
     "vqa": PrefixConfig(length=5, sites=("decoder_cross",), depth=1, depth_from="top", dropout=0.0,
                         init_std=1.0, seed=3),
-    "snli_ve": PrefixConfig(length=3, reparam=8, dropout=0.0, init_std=1.0, seed=4),
+    "snli_ve": PrefixConfig(length=3, reparam=True, reparam_hidden=8, dropout=0.0, init_std=1.0, seed=4),
 }
 ROUTE = ["refcoco", "caption", None, "vqa", "snli_ve"]
 

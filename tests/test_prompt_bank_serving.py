@@ -8,7 +8,8 @@ from mmprompt.data import collate_mixed, ensure_synthetic, split_path
 from mmprompt.eval.mixed import answer_mixed
 from mmprompt.experiment.backbones import load_model
 from mmprompt.experiment.bank import train_bank
-from mmprompt.experiment.profiles import SPLITS, TASKS
+from mmprompt.data.tasks import TASKS
+from mmprompt.experiment.profiles import SPLITS
 from mmprompt.models.ofa.testing import one_thread
 from mmprompt.tuning import PrefixConfig
 from mmprompt.tuning.bank import apply_bank, remove_bank

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset
 
-from mmprompt.data import collate_mixed, split_path
+from mmprompt.data import collate_mixed
+from mmprompt.data.tasks import TASKS
 from mmprompt.eval.distributed import shared_tempdir
-from mmprompt.experiment.profiles import SPLITS, TASKS, resolve_profile
-from mmprompt.experiment.tune import _dataset, _train_config, evaluate_splits, model_size, resolve_data
+from mmprompt.experiment.profiles import SPLITS
+from mmprompt.experiment.tune import _train_config, evaluate_splits, resolve_settings, split_dataset
 from mmprompt.training import train
 from mmprompt.training.losses import Seq2SeqLoss
 from mmprompt.tuning import PrefixConfig
@@ -76,25 +77,23 @@ def train_bank(backbone, tasks: tuple[str, ...] | list[str] = TASKS, *, profile:
     """Train one prompt per task on a copy of ``backbone.model`` in one loop of mixed batches (see the module
     docstring) and score each task's validation split with its prompt (and, with ``zero_shot``, without)."""
     tasks = _check_tasks(tasks)
-    prof = resolve_profile(profile, tasks[0], "prefix", model_size(backbone))
-    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
-        raise ValueError(f"length={length!r}: must be None or an integer >= 1")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps={steps!r}: must be None or an integer >= 1")
-    data = resolve_data(prof, data_dir)
+    config = PrefixConfig(length=length, seed=seed) if length is not None else "prefix"
+    first = resolve_settings(backbone, tasks[0], config, profile=profile, data_dir=data_dir, seed=seed, steps=steps,
+                             lr=lr, test_splits=False, progress=progress)  # checks every option first
+    prof, data = first.profile, first.data
     torch.manual_seed(seed)
     model = copy.deepcopy(backbone.model)
     bank = apply_bank(model)
     for i, task in enumerate(tasks):
-        bank.add(task, PrefixConfig(length=length or prof.prompt_length, seed=seed + i))
-    train_ds = ConcatDataset([_dataset(backbone, t, split_path(data, t, "train"), prof, expand_refs=t == "caption")
+        bank.add(task, dataclasses.replace(first.config, seed=seed + i))
+    train_ds = ConcatDataset([split_dataset(backbone, t, data, "train", prof, expand_refs=t == "caption")
                               for t in tasks])
-    total_steps = (steps or prof.steps or 100) * len(tasks)
+    total_steps = (prof.steps or 100) * len(tasks)
     pad = getattr(getattr(model, "config", None), "pad_token_id", None)
     loss_fn = RoutedLoss(bank, 1 if pad is None else int(pad), prof.label_smoothing)
     start = time.time()
     with shared_tempdir(prefix="mmprompt-bank-") as scratch:
-        cfg = _train_config(prof, "prefix", lr, seed, Path(scratch), "loss", progress)
+        cfg = _train_config(first, Path(scratch), "loss")
         cfg = dataclasses.replace(cfg, max_steps=total_steps, epochs=None, eval_every=None, restore_best=False,
                                   log_every=max(1, total_steps // 20))
         result = train(model, train_ds, cfg, loss_fn=loss_fn, collate_fn=collate_mixed)
@@ -118,9 +117,8 @@ def validation_datasets(backbone, tasks: tuple[str, ...] | list[str] = TASKS, *,
                         data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Each task's validation ``TaskDataset`` at the profile's settings (what :func:`train_bank` scores)."""
     tasks = _check_tasks(tasks)
-    prof = resolve_profile(profile, tasks[0], "prefix", model_size(backbone))
-    data = resolve_data(prof, data_dir)
-    return {t: _dataset(backbone, t, split_path(data, t, SPLITS[t][0]), prof) for t in tasks}
+    first = resolve_settings(backbone, tasks[0], "zero-shot", profile=profile, data_dir=data_dir, test_splits=False)
+    return {t: split_dataset(backbone, t, first.data, SPLITS[t][0], first.profile) for t in tasks}
 
 
 def mixed_samples(datasets: dict[str, Any], per_task: int = 2) -> list[dict]:
