@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmprompt.core.injection import attach, detach
-from mmprompt.tuning import export, hf, state as st
+from mmprompt.tuning import export, state as st
 from mmprompt.tuning.prefix import PrefixConfig, PrefixModule, new_prefix_module
 from mmprompt.tuning.sites import STACKS, AttentionSite, BackboneSites, discover_sites
 
@@ -270,9 +270,30 @@ class PromptBank(nn.Module):
         return super().train(mode)
 
 
+def _transformers_attention(backbone: BackboneSites) -> list:
+    """Route transformers' attention modules through the prefix attention functions (:mod:`.hf`); a model
+    without any (OFA) never imports transformers."""
+    modules = [s.module for s in backbone.sites if type(s.module).__module__.startswith("transformers.")]
+    if not modules:
+        return []
+    from mmprompt.tuning import hf
+
+    return hf.enable(modules)
+
+
+def _undo_transformers_attention(restore_impl: list) -> None:
+    if restore_impl:
+        from mmprompt.tuning import hf
+
+        hf.disable(restore_impl)
+
+
 def _stack_hook(bank: PromptBank, stack: str, restore_impl: list):
     def hook(_module: nn.Module, _args: tuple) -> None:
-        hf.check_enabled(restore_impl)
+        if restore_impl:
+            from mmprompt.tuning import hf
+
+            hf.check_enabled(restore_impl)
         bank.prepare(stack)
 
     return hook
@@ -283,10 +304,10 @@ def apply_bank(model: nn.Module) -> PromptBank:
     st.ensure_free(model, METHOD_NAME)
     backbone = discover_sites(model)
     bank = PromptBank(backbone, export.fingerprint(model))
-    restore_impl = hf.enable([s.module for s in backbone.sites if hf.is_transformers_attention(s.module)])
+    restore_impl = _transformers_attention(backbone)  # validates before changing anything
     state = st.begin(model, METHOD_NAME, None)
     state.handle = bank
-    state.undo.append(lambda: hf.disable(restore_impl))
+    state.undo.append(lambda: _undo_transformers_attention(restore_impl))
     st.freeze_all_but(model, state, lambda name, _: False)
     st.add_submodule(model, state, MODULE_NAME, bank)
     st.freeze_batchnorm(model, state)
