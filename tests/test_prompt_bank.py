@@ -159,7 +159,7 @@ def test_incremental_decoding_matches_full_forward_with_mixed_route(model, batch
 
 
 def test_training_updates_each_prompt_from_its_own_rows(model, batch):
-    bank = bank_of(model)
+    bank_of(model)  # four prompts on the model
     names = ["refcoco", "caption", "refcoco", "vqa"]
     sub = {k: v[:4] for k, v in batch.items()}
     mixed = _grads(model, sub, names)
