@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +30,13 @@ def random_ofa_dir(tmp_path_factory, nano_tokenizer):
     save_pretrained(OFAModel.from_preset("ofa-nano-small", seed=0, vocab_size=len(nano_tokenizer)), out)
     nano_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    steady timings on a shared 2-core machine, and the same thread count on both sides of exact comparisons."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

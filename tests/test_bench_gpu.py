@@ -8,13 +8,9 @@ import torch
 
 from mmprompt.bench import gpu
 from mmprompt.bench.__main__ import main as bench_main
-from mmprompt.tuning.testing import single_thread
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_without_cuda_it_says_so_and_exits_0(monkeypatch, capsys):

@@ -7,13 +7,9 @@ import torch
 
 from mmprompt.bench import available, peers
 from mmprompt.bench.peers import AttentionProbe, apply_mmprompt, build_bart
-from mmprompt.tuning.testing import single_thread
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_probe_sees_exactly_the_prefixed_sites_layers_and_steps():

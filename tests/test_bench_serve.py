@@ -8,13 +8,9 @@ import pytest
 
 from mmprompt.bench import available, serve
 from mmprompt.bench.__main__ import main as bench_main
-from mmprompt.tuning.testing import single_thread
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,13 @@ from mmprompt.bench import available, tuning
 from mmprompt.bench.__main__ import main as bench_main
 from mmprompt.models.ofa import OFAModel
 from mmprompt.tuning import apply_method, count_parameters
-from mmprompt.tuning.testing import single_thread
 
 TINY = ["--preset", "ofa-nano-small", "--batch", "1", "--src-len", "4", "--tgt-len", "2", "--image-size", "32",
         "--length", "2", "--decode-len", "2", "--warmup", "0", "--reps", "2", "--memory-steps", "1",
         "--threads", "1", "--in-process"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from mmprompt.eval.decoding import beam_search, generate, greedy_search, predict_boxes, score_candidates
-from mmprompt.models.ofa.testing import make_batch, one_thread, tiny_model
+from mmprompt.models.ofa.testing import make_batch, tiny_model
 from mmprompt.core.injection import attach, detach
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 BOS, PAD, EOS, A, B, C = range(6)

@@ -22,15 +22,11 @@ from mmprompt.models.florence2 import (
     save_tiny_florence2,
 )
 from mmprompt.experiment.florence2 import florence2_backbone
-from mmprompt.tuning.testing import single_thread
 
 SPLITS = {"refcoco": "val", "caption": "val", "vqa": "val", "snli_ve": "dev"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

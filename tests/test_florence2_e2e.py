@@ -12,15 +12,11 @@ from mmprompt.models.florence2 import (
 from mmprompt.experiment.florence2 import florence2_backbone
 from mmprompt.training import TrainConfig, train
 from mmprompt.tuning import PrefixConfig, apply_prefix, fold, load_prompt, prefix_module, save_prompt
-from mmprompt.tuning.testing import single_thread
 
 SPLITS = {"refcoco": "val", "caption": "val", "vqa": "val", "snli_ve": "dev"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiny_florence2_trains_evaluates_and_reloads_its_prompt(tmp_path, tiny_synthetic):

@@ -21,16 +21,13 @@ from mmprompt.tuning import (
     remove_prefix,
     save_prompt,
 )
-from mmprompt.tuning.testing import single_thread, tiny_bart
+from mmprompt.tuning.testing import tiny_bart
 
 ALL_SITES = ("encoder_self", "decoder_self", "decoder_cross")
 P = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

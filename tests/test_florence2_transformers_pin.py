@@ -26,15 +26,12 @@ from packaging.version import Version
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from mmprompt.tuning import hf
-from mmprompt.tuning.testing import single_thread, tiny_bart, tiny_florence2
+from mmprompt.tuning.testing import tiny_bart, tiny_florence2
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def supported_range() -> SpecifierSet:

@@ -7,13 +7,10 @@ import pytest
 import torch
 
 from mmprompt.models.ofa import OFAModel, from_pretrained, save_pretrained
-from mmprompt.models.ofa.testing import make_batch, one_thread, tiny_model
+from mmprompt.models.ofa.testing import make_batch, tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

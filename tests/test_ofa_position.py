@@ -16,13 +16,9 @@ from mmprompt.models.ofa.position import (
     patch_grid_size,
     token_bucket_positions,
 )
-from mmprompt.models.ofa.testing import one_thread
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_token_buckets_small_table_by_hand():

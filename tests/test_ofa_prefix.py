@@ -3,14 +3,11 @@
 import pytest
 import torch
 
-from mmprompt.models.ofa.testing import make_batch, one_thread, tiny_model
+from mmprompt.models.ofa.testing import make_batch, tiny_model
 from mmprompt.core.injection import attach, detach
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,7 @@ from mmprompt import load_model
 from mmprompt.nano.pretrain import PretrainConfig, Stage, pretrain
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(tmp_path, data, name, **kw):

@@ -11,7 +11,7 @@ import torch
 from mmprompt.data.tasks import Trie
 from mmprompt.eval.decoding import beam_search, greedy_search, score_candidates
 from mmprompt.models.ofa.loading import from_pretrained
-from mmprompt.models.ofa.testing import make_batch, one_thread
+from mmprompt.models.ofa.testing import make_batch
 from mmprompt.tuning import PrefixConfig, apply_prefix, save_prompt
 from mmprompt.tuning.bank import apply_bank, bank_of, remove_bank
 from mmprompt.tuning.prefix import remove_prefix
@@ -29,10 +29,7 @@ PROMPTS = {
 ROUTE = ["refcoco", "caption", None, "vqa", "snli_ve", "caption"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from mmprompt.experiment.florence2 import florence2_backbone
 from mmprompt.models.florence2 import save_tiny_florence2
 from mmprompt.tuning import PrefixConfig
 from mmprompt.tuning.bank import apply_bank, bank_of, remove_bank
-from mmprompt.tuning.testing import single_thread, tiny_bart
+from mmprompt.tuning.testing import tiny_bart
 
 TOL = 1e-5
 PROMPTS = {
@@ -23,10 +23,7 @@ PROMPTS = {
 ROUTE = ["refcoco", "caption", None, "vqa", "snli_ve"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def with_bank(model):

@@ -10,15 +10,11 @@ from mmprompt.experiment.backbones import load_model
 from mmprompt.experiment.bank import train_bank
 from mmprompt.data.tasks import TASKS
 from mmprompt.experiment.profiles import SPLITS
-from mmprompt.models.ofa.testing import one_thread
 from mmprompt.tuning import PrefixConfig
 from mmprompt.tuning.bank import apply_bank, remove_bank
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

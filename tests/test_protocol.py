@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from mmprompt import load_model, results_table, tune, tune_seeds
 from mmprompt.experiment.profiles import budget_overrides
@@ -11,12 +10,7 @@ from mmprompt.eval.stats import check_seeds
 HEADLINE = {"refcoco": "acc@0.5", "snli_ve": "accuracy", "vqa": "accuracy", "caption": "cider"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

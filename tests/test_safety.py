@@ -22,12 +22,7 @@ from mmprompt.training import NonFiniteLossError, TrainConfig, train
 from mmprompt.tuning import PrefixConfig, ShallowPromptConfig, apply_method
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

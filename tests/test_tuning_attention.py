@@ -5,15 +5,12 @@ import torch
 
 from mmprompt.tuning import hf
 from mmprompt.core.injection import attach, detach
-from mmprompt.tuning.testing import single_thread, tiny_bart
+from mmprompt.tuning.testing import tiny_bart
 
 P, B, T = 3, 2, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _heads(x, attn):

@@ -18,16 +18,13 @@ from mmprompt.tuning import (
 from mmprompt.tuning.adapter import adapter_parameter_count
 from mmprompt.tuning.baselines import bitfit_selects
 from mmprompt.tuning.lora import lora_parameter_count
-from mmprompt.tuning.testing import ToyVisionBart, single_thread, tiny_bart
+from mmprompt.tuning.testing import ToyVisionBart, tiny_bart
 
 D, FFN, V, L = 16, 32, 48, 2  # tiny_bart(): d_model, ffn, vocab, layers per stack
 GEN = dict(do_sample=False, max_new_tokens=5, suppress_tokens=[2], eos_token_id=2, pad_token_id=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _io(seed=0):

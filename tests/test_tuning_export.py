@@ -17,13 +17,10 @@ from mmprompt.tuning import (
     save_prompt,
 )
 from mmprompt.tuning.export import CONFIG_FILE, WEIGHTS_FILE, fingerprint
-from mmprompt.tuning.testing import single_thread, tiny_bart
+from mmprompt.tuning.testing import tiny_bart
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained_prompt(model, **kw):

@@ -13,7 +13,6 @@ from mmprompt.tuning import (
     count_parameters,
     remove_method,
 )
-from mmprompt.tuning.testing import single_thread
 
 modeling = pytest.importorskip("mmprompt.models.ofa.modeling")
 ofa_config = pytest.importorskip("mmprompt.models.ofa.config")
@@ -21,10 +20,7 @@ ofa_config = pytest.importorskip("mmprompt.models.ofa.config")
 ALL_SITES = ("encoder_self", "decoder_self", "decoder_cross")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,13 @@ from mmprompt.models.florence2 import enable_checkpointing
 from mmprompt.core.injection import attach, provider_of
 from mmprompt.tuning.prefix import plan_sites
 from mmprompt.tuning.sites import discover_sites
-from mmprompt.tuning.testing import ToyVisionBart, single_thread, tiny_bart, tiny_bart_config
+from mmprompt.tuning.testing import ToyVisionBart, tiny_bart, tiny_bart_config
 
 ALL_SITES = ("encoder_self", "decoder_self", "decoder_cross")
 GEN = dict(do_sample=False, max_new_tokens=6, suppress_tokens=[2], eos_token_id=2, pad_token_id=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(params=["sdpa", "eager"])

@@ -8,15 +8,12 @@ import torch.nn.functional as F
 from mmprompt.tuning import PrefixConfig, ShallowPromptConfig, apply_method, apply_prefix, count_parameters
 from mmprompt.tuning import discover_sites, remove_method
 from mmprompt.core.injection import extend_with_prefix
-from mmprompt.tuning.testing import single_thread, tiny_bart, tiny_florence2
+from mmprompt.tuning.testing import tiny_bart, tiny_florence2
 
 GEN = dict(do_sample=False, max_new_tokens=4, suppress_tokens=[2], eos_token_id=2, pad_token_id=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class NativeAttention(nn.Module):

@@ -23,12 +23,7 @@ from mmprompt.tuning import PrefixConfig  # noqa: E402
 from mmprompt.workbook.viz import gold_examples, plot_histories, plot_pretrain_history, prediction_examples  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -71,18 +71,6 @@ class ToyVisionBart(nn.Module):
         return self.bart(inputs_embeds=embeds, **kwargs)
 
 
-class single_thread:
-    """Context manager running torch on one thread (tiny models run much faster on a shared CPU)."""
-
-    def __enter__(self) -> "single_thread":
-        self._threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self._threads)
-
-
 def tiny_florence2(seed: int = 0, image_token_id: int = 60):
     """A seeded random tiny Florence-2 (DaViT tower + tiny BART language model), eval mode.
 
