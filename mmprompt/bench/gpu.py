@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from mmprompt.core.checks import check_int
 from mmprompt.bench.common import MB, interleaved, measure_peak, paired_ratio
 from mmprompt.core.atomic import write_json
 from mmprompt.bench.tuning import METHODS, NO_METHOD, Contender, Shape
@@ -126,8 +127,7 @@ def run(presets: tuple[str, ...] = DEFAULT_PRESETS, batch: int = 16, src_len: in
     if "finetune" not in methods or any(m not in METHODS for m in methods) or len(set(methods)) != len(methods):
         raise ValueError(f"methods={list(methods)!r}: distinct values from {list(METHODS)}, finetune included")
     for name, value, low in (("warmup", warmup, 0), ("reps", reps, 1), ("memory_steps", memory_steps, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
+        check_int(f"{name}", value, low)
     if peak_tflops_override is not None and not peak_tflops_override > 0:
         raise ValueError(f"peak_tflops={peak_tflops_override!r}: must be > 0")
     shapes = [Shape(p, batch, src_len, tgt_len, image_size, length, decode_len, seed) for p in presets]

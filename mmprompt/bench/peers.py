@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mmprompt.core.checks import check_int
 from mmprompt.bench.common import call, interleaved, measure_peak, setup_process, timed
 from mmprompt.core.atomic import write_json
 from mmprompt.models.florence2.model import enable_checkpointing
@@ -462,8 +463,7 @@ def run(preset: str = "bart-base", length: int = 64, batch: int = 2, src_len: in
     """Measure both methods (fresh processes unless ``in_process``; see the module docstring) ``rounds``
     times and probe the features; returns the report."""
     _check(preset, length, batch, src_len, tgt_len, warmup, reps, device)
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds={rounds!r}: must be an int >= 1")
+    check_int("rounds", rounds, 1)
     if not peft_available():
         return {"skipped": PEFT_MISSING}
     import peft
@@ -509,8 +509,7 @@ def _check(preset, length, batch, src_len, tgt_len, warmup, reps, device) -> Non
         raise ValueError(f"preset={preset!r}: allowed {list(PRESETS)}")
     for name, value, low in (("length", length, 1), ("batch", batch, 1), ("src_len", src_len, 1),
                              ("tgt_len", tgt_len, 1), ("warmup", warmup, 0), ("reps", reps, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r}: must be an int >= {low}")
+        check_int(f"{name}", value, low)
     if src_len + length > PRESETS[preset]["max_positions"] or tgt_len + length > PRESETS[preset]["max_positions"]:
         raise ValueError(f"src_len/tgt_len + length exceed the preset's {PRESETS[preset]['max_positions']} positions")
     if not (device == "cpu" or device.startswith("cuda")):

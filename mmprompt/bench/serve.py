@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from mmprompt.core.checks import check_int
 from mmprompt.bench.common import MB, call, interleaved, measure_peak, paired_ratio, setup_process, timed
 from mmprompt.core.atomic import write_json
 
@@ -76,8 +77,7 @@ class Workload:
         for name, low in (("batch", len(TASKS)), ("src_len", 3), ("image_size", 16), ("length", 1),
                           ("decode_len", 1), ("beam", 1), ("seed", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
+            check_int(f"{name}", value, low)
         if self.batch % len(TASKS):
             raise ValueError(f"batch={self.batch}: must be a multiple of {len(TASKS)} (the tasks share it evenly)")
 
@@ -276,8 +276,7 @@ def _check(contenders: tuple[str, ...], warmup: int, reps: int) -> None:
     if bad or not contenders or len(set(contenders)) != len(contenders) or "mixed" not in contenders:
         raise ValueError(f"contenders={list(contenders)!r}: distinct values from {list(CONTENDERS)}, with 'mixed'")
     for name, value, low in (("warmup", warmup, 0), ("reps", reps, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
+        check_int(f"{name}", value, low)
 
 
 def _fmt(value: Any, spec: str) -> str:

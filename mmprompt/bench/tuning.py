@@ -44,6 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mmprompt.core.checks import check_int
 from mmprompt.bench.common import call, interleaved, measure_peak, paired_ratio, setup_process, timed
 from mmprompt.core.atomic import write_json
 from mmprompt.models.ofa.config import PRESETS, OFAConfig
@@ -76,8 +77,7 @@ class Shape:
         for name, low in (("batch", 1), ("src_len", 1), ("tgt_len", 1), ("image_size", 16), ("length", 1),
                           ("decode_len", 1), ("seed", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
+            check_int(f"{name}", value, low)
         cfg = self.config()
         if patch_grid_size(self.image_size) > cfg.image_bucket_size:
             raise ValueError(f"image_size={self.image_size} exceeds the preset's maximum {cfg.max_image_size}")
@@ -257,8 +257,7 @@ def _check(methods: tuple[str, ...], inference: str, warmup: int, reps: int, mem
     if inference not in INFERENCE_KINDS:
         raise ValueError(f"inference={inference!r}: allowed {INFERENCE_KINDS}")
     for name, value, low in (("warmup", warmup, 0), ("reps", reps, 1), ("memory_steps", memory_steps, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
+        check_int(f"{name}", value, low)
 
 
 def _report(shape: Shape, methods, inference, warmup, reps, threads, mem, timed_) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmprompt.core.checks import check_int
 from mmprompt.data.collate import load_answer_list
 from mmprompt.data.ofa_files import OFA_DATASETS_DOC, TASK_DATASETS, dataset_files, extra_file
 from mmprompt.data.safe_pickle import load_plain_pickle
@@ -76,8 +77,7 @@ def check_data_dir(data_dir: str | Path, task: str, rows: int = 5) -> CheckRepor
     """Check ``data_dir`` for ``task`` (see the module docstring)."""
     if task not in TASK_DATASETS:
         raise ValueError(f"task={task!r}: allowed {tuple(TASK_DATASETS)}")
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-        raise ValueError(f"rows={rows!r}: must be an int >= 1")
+    check_int("rows", rows, 1)
     d = Path(data_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"data_dir={str(d)!r}: no such directory")

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset
 
+from mmprompt.core.checks import check_int
 from mmprompt.data import collate_mixed
 from mmprompt.data.tasks import TASKS
 from mmprompt.eval.distributed import shared_tempdir
@@ -123,8 +124,7 @@ def validation_datasets(backbone, tasks: tuple[str, ...] | list[str] = TASKS, *,
 
 def mixed_samples(datasets: dict[str, Any], per_task: int = 2) -> list[dict]:
     """The first ``per_task`` items of every dataset, the tasks alternating (item k of each task in turn)."""
-    if isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 1:
-        raise ValueError(f"per_task={per_task!r}: must be an integer >= 1")
+    check_int("per_task", per_task, 1)
     short = {t: len(ds) for t, ds in datasets.items() if len(ds) < per_task}
     if short:
         raise ValueError(f"per_task={per_task}: datasets {short} have fewer examples")

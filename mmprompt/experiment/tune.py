@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from mmprompt.core import env
-from mmprompt.core.checks import check_apart
+from mmprompt.core.checks import check_apart, check_int, check_number
 from mmprompt.core.modes import training_mode
 from mmprompt.data import ensure_synthetic
 from mmprompt.data.ofa_files import check_run_files, scored_splits, split_file, write_vqa_submission
@@ -301,8 +301,8 @@ def resolve_settings(backbone: Backbone, task: str, method: str | object = "pref
         config = _named_config(name, config, prof)
     if not isinstance(progress, bool) and not (isinstance(progress, str) and progress.strip()):
         raise ValueError(f"progress={progress!r}: must be True, False or a non-empty label")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-        raise ValueError(f"lr={lr!r}: must be a number > 0")
+    if lr is not None and not check_number("lr", lr) > 0:
+        raise ValueError(f"lr={lr!r}: allowed a number > 0")
     data = resolve_data(prof, data_dir)
     val_split, tests = scored_splits(data, task)
     tests = tuple(tests) if test_splits else ()
@@ -423,8 +423,7 @@ def heldout_loss(backbone, model: torch.nn.Module | None, task: str, *, profile:
     _check_task(task)
     prof = get_profile(profile)
     split = split or SPLITS[task][0]
-    if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
-        raise ValueError(f"examples={examples!r}: must be None or an int >= 1")
+    check_int("examples", examples, 1, optional=True)
     model = backbone.model if model is None else model
     ds = split_dataset(backbone, task, resolve_data(prof, data_dir), split, prof)
     n = min(len(ds), examples or prof.eval_examples or len(ds))

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmprompt.core.checks import check_int, check_number
 from mmprompt.tuning import state as st
 from mmprompt.core.injection import attach, detach
 from mmprompt.tuning.sites import SITE_KINDS, STACKS, AttentionSite, BackboneSites, discover_sites, stack_of
@@ -81,8 +82,7 @@ class PrefixConfig(st.PromptInit):
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
-        if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
-            raise ValueError(f"length={self.length!r}: must be an integer >= 1")
+        check_int("length", self.length, 1)
         sites = (self.sites,) if isinstance(self.sites, str) else tuple(self.sites)
         bad = [s for s in sites if s not in SITE_KINDS]
         if bad or not sites or len(set(sites)) != len(sites):
@@ -92,12 +92,11 @@ class PrefixConfig(st.PromptInit):
         if not isinstance(self.reparam, bool):
             raise ValueError(f"reparam={self.reparam!r}: must be True or False (the hidden size is reparam_hidden)")
         if self.reparam_hidden is not None:
-            if isinstance(self.reparam_hidden, bool) or not isinstance(self.reparam_hidden, int) or self.reparam_hidden < 1:
-                raise ValueError(f"reparam_hidden={self.reparam_hidden!r}: must be None (2·d_model) or an integer >= 1")
+            check_int("reparam_hidden", self.reparam_hidden, 1)
             if not self.reparam:
                 raise ValueError(f"reparam_hidden={self.reparam_hidden!r} needs reparam=True")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout!r}: must be a number in [0, 1)")
+        if not 0.0 <= check_number("dropout", self.dropout) < 1.0:
+            raise ValueError(f"dropout={self.dropout!r}: allowed a number in [0, 1)")
         self._check_init(self.length)
 
     def _check_depth(self) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmprompt.core.checks import check_int
 from mmprompt.data.tasks import TASKS
 from mmprompt.tuning.registry import METHODS, trained_methods
 from mmprompt.workbook.params import COMMON_RULES, PROFILES, RUN_DIR_PARAM, ParamRule, int_range, one_of, validate_params
@@ -211,8 +212,7 @@ def example_batch(backbone, task: str, profile: str, data_dir: str | os.PathLike
     from mmprompt.experiment.profiles import SPLITS, get_profile
     from mmprompt.experiment.tune import resolve_data, split_dataset
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r}: must be an integer >= 1")
+    check_int("n", n, 1)
     prof = get_profile(profile)
     dataset = split_dataset(backbone, task, resolve_data(prof, data_dir), SPLITS[task][0], prof)
     batch = dataset.collater([dataset[i] for i in range(min(n, len(dataset)))])

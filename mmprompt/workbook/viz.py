@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from mmprompt.core.checks import check_int
+
 GOLD_COLOR = "#1a9850"
 PRED_COLOR = "#d73027"
 
@@ -159,8 +161,7 @@ def prediction_examples(dataset, predictions: Mapping[str, Sequence[dict]], n: i
     """
     if not predictions:
         raise ValueError("predictions: need at least one method's prediction rows")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r}: must be an integer >= 1")
+    check_int("n", n, 1)
     available = min(len(rows) for rows in predictions.values())
     if start < 0 or start + n > available:
         raise ValueError(f"start={start}, n={n}: only {available} predictions per method are available")
@@ -189,8 +190,7 @@ def plot_histories(histories: Mapping[str, Sequence[dict]], key: str = "loss", e
     optionally smoothed by a running mean over ``smooth`` records. Returns the Axes."""
     import matplotlib.pyplot as plt
 
-    if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1:
-        raise ValueError(f"smooth={smooth!r}: must be an integer >= 1")
+    check_int("smooth", smooth, 1)
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 3.4))
     drawn = 0
@@ -232,8 +232,7 @@ def _gold_texts(task: str, record, reference) -> list[str]:
 def gold_examples(dataset, n: int = 1, start: int = 0) -> list[dict]:
     """Keyword-argument dicts for :func:`draw_grid`: ``n`` examples of a task dataset with their input text
     and gold target (reference expressions: the gold box), titled with the task."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r}: must be an integer >= 1")
+    check_int("n", n, 1)
     if start < 0 or start + n > len(dataset):
         raise ValueError(f"start={start}, n={n}: the dataset has {len(dataset)} examples")
     out = []
