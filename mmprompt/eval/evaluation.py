@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
+from mmprompt.core.progress import progress_bar
 
 from mmprompt.core.modes import training_mode
 from mmprompt.eval import decoding, metrics
@@ -128,7 +128,7 @@ def evaluate(model: torch.nn.Module, dataset: TaskDataset, settings: EvalSetting
     device = torch.device(s.device)
     preds, refs, rows = [], [], []
     with training_mode(model, False):
-        for batch in tqdm(loader, desc=f"eval {task}", disable=not s.progress, leave=False):
+        for batch in progress_bar(loader, desc=f"eval {task}", disable=not s.progress, leave=False):
             out = PREDICTORS[task](model, _to_device(batch, device), dataset, s)
             preds += out
             refs += _references(task, batch["refs"])

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
+from mmprompt.core.progress import progress_bar
 
 from mmprompt.core.atomic import atomic_dir
 from mmprompt.core.modes import training_mode
@@ -63,7 +63,7 @@ def evaluate_florence2(model: torch.nn.Module, dataset: Florence2TaskDataset,
     refs: list[Any] = []
     rows: list[dict[str, Any]] = []
     with training_mode(model, False):
-        for batch in tqdm(loader, desc=f"eval {task}", disable=not s.progress, leave=False):
+        for batch in progress_bar(loader, desc=f"eval {task}", disable=not s.progress, leave=False):
             moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             out = predict_batch(model, dataset.tokenizer, moved, dataset.patch_image_size, s)
             preds += out

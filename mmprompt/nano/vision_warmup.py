@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
+from mmprompt.core.progress import progress_bar
 
 from mmprompt.core.checks import check_int
 from mmprompt.core.modes import training_mode
@@ -102,7 +102,7 @@ def warm_up_resnet(model, train: PretrainDataset, val: PretrainDataset, *, steps
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate,
                         drop_last=len(train) > batch_size, generator=torch.Generator().manual_seed(seed))
     start, step, last = time.time(), 0, {}
-    with training_mode(resnet, True), tqdm(total=steps, desc="resnet warm-up", disable=not progress) as bar:
+    with training_mode(resnet, True), progress_bar(total=steps, desc="resnet warm-up", disable=not progress) as bar:
         while step < steps:
             for images, labels in loader:
                 losses = _losses(head(resnet(images)), labels)

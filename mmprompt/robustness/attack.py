@@ -54,6 +54,7 @@ import torch
 import torch.nn as nn
 
 from mmprompt.core.checks import check_metrics, check_number
+from mmprompt.core.progress import progress_bar
 from mmprompt.training.losses import Seq2SeqLoss
 
 __all__ = [
@@ -515,12 +516,10 @@ def epsilon_sweep(
     pixel_range = _check_pixel_range(pixel_range)
     if not callable(evaluate):
         raise ValueError(f"evaluate={evaluate!r} must be callable: evaluate(attack or None) -> dict")
-    from tqdm.auto import tqdm
-
     runs = [(s, e) for s in dict.fromkeys(spaces) for e in grid]
     clean: dict[str, float] | None = None
     rows = []
-    for space, eps in tqdm(runs, desc="epsilon sweep", disable=not progress):
+    for space, eps in progress_bar(runs, desc="epsilon sweep", disable=not progress):
         if eps == 0.0:
             if clean is None:
                 clean = check_metrics("evaluate", evaluate(None), "the clean run")

@@ -334,11 +334,11 @@ def run_grid(notebook: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
     config = config or RunConfig()
     notebooks = [notebook] if isinstance(notebook, str | os.PathLike) else list(notebook)
-    jobs = [(nb, params, _validate_run_request(nb, params, config))
-            for nb in map(lambda p: Path(p).resolve(), notebooks) for params in expand_grid(grid)]
-    label = jobs[0][0].stem if len(notebooks) == 1 else "notebooks"
-    return [_execute_validated(nb, params, defaults, config)
-            for nb, params, defaults in tqdm(jobs, desc=label, unit="run", disable=len(jobs) < 2)]
+    paths = [Path(p).resolve() for p in notebooks]
+    jobs = [(path, params, _validate_run_request(path, params, config)) for path in paths for params in expand_grid(grid)]
+    label = paths[0].stem if len(paths) == 1 else "notebooks"
+    return [_execute_validated(path, params, defaults, config)
+            for path, params, defaults in tqdm(jobs, desc=label, unit="run", disable=len(jobs) < 2)]
 
 
 def summarize(results: Sequence[RunResult]) -> str:
