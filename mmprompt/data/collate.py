@@ -352,28 +352,35 @@ class PretrainDataset(_IndexedTSV):
     def __getitem__(self, i: int) -> dict:
         rec, _ = self.record(i)
         assert isinstance(rec, PretrainRecord)
-        size = rec.image.size if rec.image is not None else None
-        src, tgt = pretrain_source_target(rec.subtask, rec.source, rec.target, size, self.num_bins)
-        enc = encode_pair(self.tokenizer, src, tgt, "none")
-        ref: dict = {"subtask": rec.subtask, "target": tgt.strip()}
-        if rec.subtask == "grounding" and size is not None:
-            m = BOX_PLACEHOLDER_RE.search(rec.target)
-            if m:
-                ref["box"] = scale_box([float(v) for v in m.groups()], size, self.patch_image_size)
-                ref["image_size"] = self.patch_image_size
-        return {
-            "id": rec.uniq_id,
-            "task": "pretrain",
-            "subtask": rec.subtask,
-            "source": torch.tensor(enc.source, dtype=torch.long),
-            "decoder_input": torch.tensor(enc.decoder_input, dtype=torch.long),
-            "labels": torch.tensor(enc.labels, dtype=torch.long),
-            "prompt_length": enc.prompt_length,
-            "patch_image": preprocess_image(rec.image, self.patch_image_size) if rec.image is not None else None,
-            "patch_image_size": self.patch_image_size,
-            "constraint_mask": None,
-            "ref": ref,
-        }
+        return encode_pretrain_item(rec.uniq_id, rec.subtask, rec.source, rec.target, rec.image, self.tokenizer,
+                                    self.patch_image_size, self.num_bins)
+
+
+def encode_pretrain_item(uid: str, subtask: str, source: str, target: str, image, tokenizer,
+                         patch_image_size: int, num_bins: int) -> dict:
+    """A pretraining example (a TSV row's fields, or a streamed one) as a dataset item."""
+    size = image.size if image is not None else None
+    src, tgt = pretrain_source_target(subtask, source, target, size, num_bins)
+    enc = encode_pair(tokenizer, src, tgt, "none")
+    ref: dict = {"subtask": subtask, "target": tgt.strip()}
+    if subtask == "grounding" and size is not None:
+        m = BOX_PLACEHOLDER_RE.search(target)
+        if m:
+            ref["box"] = scale_box([float(v) for v in m.groups()], size, patch_image_size)
+            ref["image_size"] = patch_image_size
+    return {
+        "id": uid,
+        "task": "pretrain",
+        "subtask": subtask,
+        "source": torch.tensor(enc.source, dtype=torch.long),
+        "decoder_input": torch.tensor(enc.decoder_input, dtype=torch.long),
+        "labels": torch.tensor(enc.labels, dtype=torch.long),
+        "prompt_length": enc.prompt_length,
+        "patch_image": preprocess_image(image, patch_image_size) if image is not None else None,
+        "patch_image_size": patch_image_size,
+        "constraint_mask": None,
+        "ref": ref,
+    }
 
 
 def pad_sequences(seqs: Sequence[torch.Tensor], pad_id: int = PAD) -> torch.Tensor:

@@ -86,7 +86,13 @@ DEFAULT_IMAGE_SIZE = 128
 TOKENIZER_DIR = "tokenizer"
 ANSWER_FILE = "trainval_ans2label.json"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 3  # bump whenever generated content changes (ensure_synthetic then regenerates)
+FORMAT_VERSION = 3  # world v2: bump whenever generated content changes (ensure_synthetic then regenerates)
+#: Generator version per world (see :mod:`mmprompt.data.mixture`); v2 directories keep their manifests.
+FORMAT_VERSIONS: dict[str, int] = {"v2": FORMAT_VERSION, "v3": 1}
+DEFAULT_WORLD = "v2"  # becomes "v3" when the v3 checkpoints ship
+#: World v3's pretraining files: a validation split for probes and a small train sample for inspection —
+#: pretraining itself draws distinct examples on the fly (:class:`mmprompt.data.mixture.MixtureStream`).
+V3_PRETRAIN_ROWS: dict[str, dict[str, int]] = {"ci": {"train": 600, "val": 200}, "cpu": {"train": 2000, "val": 2000}}
 
 
 @dataclass(frozen=True)
@@ -163,11 +169,12 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def dataset_name(profile: str, seed: int = DEFAULT_SEED, image_size: int = DEFAULT_IMAGE_SIZE) -> str:
-    """"ci" for the defaults, else e.g. "ci-seed3-64px"."""
-    if seed == DEFAULT_SEED and image_size == DEFAULT_IMAGE_SIZE:
-        return profile
-    return f"{profile}-seed{seed}-{image_size}px"
+def dataset_name(profile: str, seed: int = DEFAULT_SEED, image_size: int = DEFAULT_IMAGE_SIZE,
+                 world: str = DEFAULT_WORLD) -> str:
+    """"ci" for the defaults, else e.g. "ci-seed3-64px"; world v3 adds "-v3" ("cpu-v3")."""
+    _check_world(world)
+    base = profile if seed == DEFAULT_SEED and image_size == DEFAULT_IMAGE_SIZE else f"{profile}-seed{seed}-{image_size}px"
+    return base if world == "v2" else f"{base}-{world}"
 
 
 def split_path(data_dir: str | os.PathLike, task: str, split: str) -> Path:
@@ -177,6 +184,20 @@ def split_path(data_dir: str | os.PathLike, task: str, split: str) -> Path:
     if split not in SPLITS[task]:
         raise ValueError(f"split={split!r}: allowed for {task}: {SPLITS[task]}")
     return Path(data_dir) / f"{task}_{split}.tsv"
+
+
+def _check_world(world: str) -> str:
+    if world not in FORMAT_VERSIONS:
+        raise ValueError(f"world={world!r}: allowed {tuple(FORMAT_VERSIONS)}")
+    return world
+
+
+def world_profile(profile: str, world: str) -> Profile:
+    """The split sizes of ``profile`` in ``world`` (v3 writes fewer pretraining rows: it streams them)."""
+    prof = PROFILES[profile]
+    if _check_world(world) == "v2":
+        return prof
+    return Profile(prof.name, {**prof.sizes, "pretrain": dict(V3_PRETRAIN_ROWS[profile])})
 
 
 def _check_args(profile: str, seed: int, image_size: int, max_per_split: int | None) -> Profile:
@@ -316,6 +337,14 @@ def _vqa(split: str, i: int, scene: Scene, question: str, answer: str, rng: np.r
     return Item("vqa", split, i, scene, fields, meta)
 
 
+def _pretrain_v3_item(split: str, i: int, seed: int, image_size: int, ws: WorldSettings) -> Item:
+    from mmprompt.data.mixture import MIXTURES, mixture_example
+
+    ex = mixture_example(MIXTURES["val" if split == "val" else "full"], seed, f"file-{split}", i, image_size)
+    fields = {"subtask": ex.subtask, "source": ex.source, "target": ex.target}
+    return Item("pretrain", split, i, ex.scene, fields, {"kind": ex.kind})
+
+
 ITEM_MAKERS = {
     "pretrain": _pretrain_item,
     "refcoco": _refcoco_item,
@@ -325,12 +354,16 @@ ITEM_MAKERS = {
 }
 
 
+def _maker(task: str, world: str):
+    return _pretrain_v3_item if (task == "pretrain" and world == "v3") else ITEM_MAKERS[task]
+
+
 def make_item(task: str, split: str, index: int, seed: int = DEFAULT_SEED, image_size: int = DEFAULT_IMAGE_SIZE,
-              settings: WorldSettings | None = None) -> Item:  # fmt: skip
+              settings: WorldSettings | None = None, world: str = DEFAULT_WORLD) -> Item:  # fmt: skip
     """Example ``index`` of ``task``/``split`` exactly as :func:`generate` writes it (scene included)."""
     if task not in ITEM_MAKERS:
         raise ValueError(f"task={task!r}: allowed {tuple(ITEM_MAKERS)}")
-    return ITEM_MAKERS[task](split, index, seed, image_size, settings or WorldSettings())
+    return _maker(task, _check_world(world))(split, index, seed, image_size, settings or WorldSettings())
 
 
 def _object_labels(scene: Scene) -> str:
@@ -361,10 +394,11 @@ def item_row(item: Item, ws: WorldSettings, render: bool = True) -> tuple:
 
 
 def task_rows(task: str, split: str, n: int, seed: int, image_size: int, ws: WorldSettings,
-              render: bool = True) -> Iterator[tuple]:  # fmt: skip
+              render: bool = True, world: str = DEFAULT_WORLD) -> Iterator[tuple]:  # fmt: skip
     """The first ``n`` rows of a split."""
+    maker = _maker(task, world)
     for i in range(n):
-        yield item_row(ITEM_MAKERS[task](split, i, seed, image_size, ws), ws, render)
+        yield item_row(maker(split, i, seed, image_size, ws), ws, render)
 
 
 # ------------------------------------------------------------------ tokenizer corpus
@@ -414,7 +448,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_all(tmp: Path, prof: Profile, seed: int, image_size: int, ws: WorldSettings, max_per_split, progress) -> dict:
+def _write_all(tmp: Path, prof: Profile, seed: int, image_size: int, ws: WorldSettings, max_per_split, progress,
+               world: str = DEFAULT_WORLD) -> dict:
     sizes = {t: {s: min(n, max_per_split or n) for s, n in splits.items()} for t, splits in prof.sizes.items()}
     total = sum(n for splits in sizes.values() for n in splits.values())
     files: dict[str, dict] = {}
@@ -424,7 +459,7 @@ def _write_all(tmp: Path, prof: Profile, seed: int, image_size: int, ws: WorldSe
                 path = split_path(tmp, task, split)
 
                 def rows(task=task, split=split, n=n):
-                    for row in task_rows(task, split, n, seed, image_size, ws):
+                    for row in task_rows(task, split, n, seed, image_size, ws, world=world):
                         bar.update(1)
                         yield row
 
@@ -447,21 +482,25 @@ def generate(
     settings: WorldSettings | None = None,
     progress: bool = True,
     overwrite: bool = True,
+    world: str = DEFAULT_WORLD,
 ) -> Path:
     """Write every split of ``profile`` into ``out_dir`` (atomically replaced as a whole); returns it.
 
     ``max_per_split`` caps every split (for quick tests). ``overwrite=False`` keeps an existing complete
-    directory (used by :func:`ensure_synthetic`).
+    directory (used by :func:`ensure_synthetic`). ``world`` picks the pretraining mixture ("v2" or "v3",
+    see :mod:`mmprompt.data.mixture`); the downstream splits are the same in both.
     """
-    prof = _check_args(profile, seed, image_size, max_per_split)
+    _check_args(profile, seed, image_size, max_per_split)
+    prof = world_profile(profile, world)
     ws = settings or WorldSettings()
     out = Path(out_dir)
     tmp = temp_dir_for(out)
     t0 = time.perf_counter()
     try:
-        files = _write_all(tmp, prof, seed, image_size, ws, max_per_split, progress)
+        files = _write_all(tmp, prof, seed, image_size, ws, max_per_split, progress, world)
         manifest = {
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSIONS[world],
+            **({} if world == "v2" else {"world": world}),
             "profile": profile,
             "seed": seed,
             "image_size": image_size,
@@ -499,22 +538,24 @@ def ensure_synthetic(
     seed: int = DEFAULT_SEED,
     image_size: int = DEFAULT_IMAGE_SIZE,
     progress: bool = True,
+    world: str = DEFAULT_WORLD,
 ) -> Path:
     """The generated directory for (profile, seed, image_size) under ``root`` (default
     :func:`default_data_root`), generating it only when it is missing. A directory without ``manifest.json`` (an incomplete leftover) or made by another generator
     version (:data:`FORMAT_VERSION`, bumped whenever the generated content changes) is regenerated."""
     _check_args(profile, seed, image_size, None)
-    out = Path(root if root is not None else default_data_root()) / dataset_name(profile, seed, image_size)
+    want = FORMAT_VERSIONS[_check_world(world)]
+    out = Path(root if root is not None else default_data_root()) / dataset_name(profile, seed, image_size, world)
     if (out / MANIFEST).is_file():
         version = read_manifest(out).get("format_version")
-        if version == FORMAT_VERSION:
+        if version == want:
             return out
-        logger.warning("%s was made by generator version %s (now %s): regenerating it", out, version, FORMAT_VERSION)
-        return generate(out, profile, seed, image_size, progress=progress, overwrite=True)
+        logger.warning("%s was made by generator version %s (now %s): regenerating it", out, version, want)
+        return generate(out, profile, seed, image_size, progress=progress, overwrite=True, world=world)
     if out.exists():
         logger.warning("%s has no %s: regenerating it", out, MANIFEST)
-        return generate(out, profile, seed, image_size, progress=progress, overwrite=True)
-    return generate(out, profile, seed, image_size, progress=progress, overwrite=False)
+        return generate(out, profile, seed, image_size, progress=progress, overwrite=True, world=world)
+    return generate(out, profile, seed, image_size, progress=progress, overwrite=False, world=world)
 
 
 def read_manifest(data_dir: str | os.PathLike) -> dict:
@@ -531,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     parser.add_argument("--max-per-split", type=int, default=None, help="cap every split (quick runs)")
+    parser.add_argument("--world", choices=tuple(FORMAT_VERSIONS), default=DEFAULT_WORLD,
+                        help="pretraining mixture version (v3: every downstream skill, streamed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -538,8 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     t0 = time.perf_counter()
-    out = Path(args.out or default_data_root()) / dataset_name(args.profile, args.seed, args.image_size)
-    generate(out, args.profile, args.seed, args.image_size, max_per_split=args.max_per_split)
+    out = Path(args.out or default_data_root()) / dataset_name(args.profile, args.seed, args.image_size, args.world)
+    generate(out, args.profile, args.seed, args.image_size, max_per_split=args.max_per_split, world=args.world)
     print(f"{out}  ({time.perf_counter() - t0:.1f} s)", file=sys.stdout)
     return 0
 

@@ -261,30 +261,44 @@ REFCOCO_KINDS: tuple[str, ...] = ("relation", "extreme", "size", "attribute")
 REFCOCO_KIND_WEIGHTS: tuple[float, ...] = (0.4, 0.3, 0.1, 0.2)
 
 
+@dataclass(frozen=True)
+class Phrasing:
+    """The surface forms of referring expressions: the downstream set (:data:`DOWNSTREAM_PHRASING`) or
+    pretraining's own subset (:data:`mmprompt.data.mixture.PRETRAIN_PHRASING`)."""
+
+    relations: dict
+    extremes: dict
+    attribute: tuple[str, ...]
+    size_words: tuple[str, ...]
+    size: tuple[str, ...]
+
+
 def refcoco_expression(
-    scene: Scene, index: int, rng: np.random.Generator, kind: str | None = None
+    scene: Scene, index: int, rng: np.random.Generator, kind: str | None = None, phrasing: "Phrasing | None" = None
 ) -> tuple[str, str] | None:
     """(expression, kind) uniquely identifying object ``index``; kinds relation/extreme/size/attribute.
-    With ``kind`` only that kind is tried; otherwise kinds are tried in a weighted random order."""
+    With ``kind`` only that kind is tried; otherwise kinds are tried in a weighted random order.
+    ``phrasing`` picks the surface forms (default: the downstream ones)."""
+    ph = phrasing or DOWNSTREAM_PHRASING
     if kind is not None:
-        expr = _REFCOCO_MAKERS[kind](scene, index, rng)
+        expr = _REFCOCO_MAKERS[kind](scene, index, rng, ph)
         return (expr, kind) if expr else None
     order = rng.choice(len(REFCOCO_KINDS), size=len(REFCOCO_KINDS), replace=False, p=np.asarray(REFCOCO_KIND_WEIGHTS))
     for k in order:
-        expr = _REFCOCO_MAKERS[REFCOCO_KINDS[int(k)]](scene, index, rng)
+        expr = _REFCOCO_MAKERS[REFCOCO_KINDS[int(k)]](scene, index, rng, ph)
         if expr:
             return expr, REFCOCO_KINDS[int(k)]
     return None
 
 
-def _ref_attribute(scene: Scene, index: int, rng: np.random.Generator) -> str | None:
+def _ref_attribute(scene: Scene, index: int, rng: np.random.Generator, ph: Phrasing) -> str | None:
     desc = minimal_description(scene, index, rng)
     if desc is None:
         return None
-    return _pick(rng, ("the {}", "{}", "the {} in the picture")).format(desc.phrase())
+    return _pick(rng, ph.attribute).format(desc.phrase())
 
 
-def _ref_extreme(scene: Scene, index: int, rng: np.random.Generator) -> str | None:
+def _ref_extreme(scene: Scene, index: int, rng: np.random.Generator, ph: Phrasing) -> str | None:
     obj = scene.objects[index]
     classes = [Desc(obj.shape), Desc(None), describe(obj, True, False)]
     for ci in rng.permutation(len(classes)):
@@ -294,11 +308,11 @@ def _ref_extreme(scene: Scene, index: int, rng: np.random.Generator) -> str | No
         for direction in rng.permutation(4):
             rel = ("left", "right", "above", "below")[int(direction)]
             if extreme_referent(scene, desc, rel) == index:
-                return _pick(rng, EXTREME_PHRASES[rel]).format(n=desc.phrase())
+                return _pick(rng, ph.extremes[rel]).format(n=desc.phrase())
     return None
 
 
-def _ref_relation(scene: Scene, index: int, rng: np.random.Generator) -> str | None:
+def _ref_relation(scene: Scene, index: int, rng: np.random.Generator, ph: Phrasing) -> str | None:
     obj = scene.objects[index]
     for target in (Desc(obj.shape), Desc(None)):
         for lm in rng.permutation(len(scene.objects)):
@@ -310,23 +324,28 @@ def _ref_relation(scene: Scene, index: int, rng: np.random.Generator) -> str | N
                 if relational_referent(scene, target, lm, rel) == index:
                     lp = landmark_phrase(scene, lm, rng)
                     if lp:
-                        return f"the {target.phrase()} {_pick(rng, REL_PHRASES[rel])} {lp}"
+                        return f"the {target.phrase()} {_pick(rng, ph.relations[rel])} {lp}"
     return None
 
 
-def _ref_size(scene: Scene, index: int, rng: np.random.Generator) -> str | None:
+def _ref_size(scene: Scene, index: int, rng: np.random.Generator, ph: Phrasing) -> str | None:
     obj = scene.objects[index]
     for desc in (Desc(obj.shape), describe(obj, True, False)):
         sure, maybe = matching(scene, desc)
         if len(sure) == 2 and not maybe and index in sure:
             other = scene.objects[sure[0] if sure[1] == index else sure[1]]
             if other.size != obj.size:
-                word = _pick(rng, ("bigger", "larger")) if obj.size == "large" else "smaller"
-                return _pick(rng, ("the {w} {n}", "the {w} of the two {ns}")).format(
+                word = _pick(rng, ph.size_words) if obj.size == "large" else "smaller"
+                return _pick(rng, ph.size).format(
                     w=word, n=desc.phrase(), ns=plural(desc.phrase())
                 )
     return None
 
+
+DOWNSTREAM_PHRASING = Phrasing(
+    relations=REL_PHRASES, extremes=EXTREME_PHRASES, attribute=("the {}", "{}", "the {} in the picture"),
+    size_words=("bigger", "larger"), size=("the {w} {n}", "the {w} of the two {ns}"),
+)
 
 _REFCOCO_MAKERS = {
     "attribute": _ref_attribute,
