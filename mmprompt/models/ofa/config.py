@@ -222,20 +222,21 @@ def _real(d_model: int, enc: int, dec: int, heads: int, resnet: str, image: int)
     )
 
 
-def _nano(d_model: int, layers: int, heads: int, resnet_width: int) -> dict[str, Any]:
+def _nano(d_model: int, layers: int, heads: int, resnet_width: int, image: int = 96) -> dict[str, Any]:
     return dict(
         vocab_size=2048,  # placeholder: set it from the nano tokenizer
         max_position_embeddings=256, token_bucket_size=64, image_bucket_size=16,
         d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
         decoder_attention_heads=heads, encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model,
-        resnet_type="custom", resnet_layers=(1, 1, 1), resnet_width=resnet_width, patch_image_size=96,
+        resnet_type="custom", resnet_layers=(1, 1, 1), resnet_width=resnet_width, patch_image_size=image,
         code_image_size=128,
     )
 
 
 #: Named presets. Real sizes follow OFA-Sys' published configs (ofa-huge from fairseq's ``ofa_huge``);
 #: ``patch_image_size`` is the model card / finetuning resolution. The nano presets are this project's
-#: CPU models (96×96 images → 6×6 = 36 patches; image grid up to 16×16, i.e. 256 pixels).
+#: CPU models (96×96 images → 6×6 = 36 patches; image grid up to 16×16, i.e. 256 pixels). ``ofa-nano-large``
+#: (world v3, not shipped yet) sees 128×128 images → 8×8 = 64 patches, as the v3 pretraining gives every size.
 PRESETS: dict[str, dict[str, Any]] = {
     "ofa-tiny": _real(256, 4, 4, 4, "resnet50", 256),
     "ofa-medium": _real(512, 4, 4, 8, "resnet101", 256),
@@ -244,6 +245,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ofa-huge": _real(1280, 24, 12, 16, "resnet152", 480),
     "ofa-nano": _nano(128, 6, 4, 16),
     "ofa-nano-small": _nano(64, 4, 4, 8),
+    "ofa-nano-large": _nano(256, 8, 8, 32, image=128),
 }
 #: The fields that tell the presets apart (a config whose values all agree is that preset's architecture).
 SHAPE_FIELDS = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
