@@ -105,7 +105,7 @@ MIXTURES: dict[str, MixtureSpec] = {
     "one-object": MixtureSpec("one-object", (1, 1), (("listing", 0.3), ("grounding", 0.2),
                                                      ("grounded_caption", 0.1), ("caption", 0.1), ("vqa", 0.2),
                                                      ("itm", 0.1))),
-    "grounding": MixtureSpec("grounding", (2, 6), (("listing", 0.25), ("grounding", 0.5),
+    "grounding": MixtureSpec("grounding", (2, 4), (("listing", 0.25), ("grounding", 0.5),
                                                    ("grounded_caption", 0.1), ("vqa", 0.15))),
     "full": MixtureSpec("full", (1, 6), _FULL),
     "val": MixtureSpec("val", (1, 6), _FULL),

@@ -66,8 +66,8 @@ class StagePlan:
 
 
 def default_plan(steps: int, resnet_steps: int) -> tuple[StagePlan, ...]:
-    """ResNet warm-up, then 10 % one-object, 35 % grounding-heavy multi-object, 55 % full mixture."""
-    one, multi = round(0.10 * steps), round(0.35 * steps)
+    """ResNet warm-up, then 15 % one-object, 35 % grounding-heavy 2–4 objects, 50 % full mixture (1–6)."""
+    one, multi = round(0.15 * steps), round(0.35 * steps)
     plan = [StagePlan("one-object", "one-object", one), StagePlan("grounding", "grounding", multi),
             StagePlan("full", "full", steps - one - multi, "polynomial")]
     return tuple(([StagePlan("resnet", None, resnet_steps)] if resnet_steps else []) + plan)
