@@ -64,6 +64,8 @@ def test_stages_are_stored_small_with_records(first_run):
     assert record["steps"] == 4 and record["stage"]["name"] == "full" and "val_loss" in record["final_metrics"]
     assert set(record["grounding_by_objects"]) <= {"1", "2", "3", "4", "5", "6"}
     assert record["continued_from"].startswith("stage 2 (ground)")
+    lines = sp.status(_cfg(root, root, "a")).splitlines()  # status reads only the records
+    assert len(lines) == 4 and lines[3].startswith("3-full (4 steps): done") and "grounding 2: 0 / 3:" in lines[3]
     history = json.loads((final / "pretrain.json").read_text())["history"]
     assert {r["stage"] for r in history} == {1, 2, 3}
     assert load_model(final).model.config.patch_image_size == 64

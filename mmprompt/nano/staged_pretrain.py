@@ -309,6 +309,35 @@ def write_final(cfg: StagedConfig, model: OFAModel, tok, root: Path, records: li
     return out
 
 
+def _binding(probe: dict) -> str:
+    return " / ".join(f"{n}: {100 * v['acc']:.0f}" if isinstance(v, dict) else f"{n}: {100 * v:.0f}"
+                      for n, v in probe.items())
+
+
+def status(cfg: StagedConfig) -> str:
+    """One line per stage: finished (steps, wall time, validation loss, grounding Acc@0.5 % by objects),
+    in progress (the last evaluation of its run directory) or waiting."""
+    done, lines = finished_stages(cfg), []
+    for k, stage in enumerate(cfg.plan):
+        head = f"{k}-{stage.name} ({stage.steps} steps)"
+        if k < len(done):
+            r = done[k]
+            loss = r["final_metrics"].get("val_loss")
+            lines.append(f"{head}: done in {r['wall_time_s'] / 60:.0f} min"
+                         + (f", val loss {loss:.3f}" if loss is not None else "")
+                         + f", grounding {_binding(r['grounding_by_objects'])}")
+            continue
+        metrics = Path(cfg.run_dir) / f"{k}-{stage.name}" / "metrics.jsonl"
+        evals = [json.loads(x) for x in metrics.read_text().splitlines() if '"eval"' in x] if metrics.is_file() else []
+        if evals:
+            e = evals[-1]
+            probe = {key[7:-3]: v for key, v in e.items() if key.startswith("ground_")}
+            lines.append(f"{head}: running, step {e['step']}: val loss {e['val_loss']:.3f}, grounding {_binding(probe)}")
+        else:
+            lines.append(f"{head}: {'running' if metrics.is_file() else 'waiting'}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m mmprompt.staged_pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="ofa-nano")
@@ -326,13 +355,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--status", action="store_true", help="print where the run stands and exit")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = StagedConfig(preset=a.preset, steps=a.steps, resnet_steps=a.resnet_steps, batch_size=a.batch_size,
                        lr=a.lr, warmup_steps=a.warmup_steps, seed=a.seed, image_size=a.image_size, profile=a.profile,
                        data_dir=a.data_dir, run_dir=a.run_dir, stage_dir=a.stage_dir, eval_every=a.eval_every,
                        save_every=a.save_every, threads=a.threads)
-    print(run(cfg))
+    print(status(cfg) if a.status else run(cfg))
 
 
 if __name__ == "__main__":
