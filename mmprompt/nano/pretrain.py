@@ -109,7 +109,8 @@ class PretrainConfig:
         return counts
 
 
-def _val_loss_fn(model: OFAModel, val: PretrainDataset, n: int, batch_size: int):
+def val_loss_fn(model: OFAModel, val: PretrainDataset, n: int, batch_size: int):
+    """``eval_fn`` of the training loop: token cross-entropy (no smoothing) on the first ``n`` validation rows."""
     subset = Subset(val, range(min(n, len(val))))
 
     @torch.no_grad()
@@ -191,7 +192,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     model = OFAModel.from_preset(cfg.preset, seed=cfg.seed, vocab_size=len(tok))
     size = model.config.patch_image_size
     val = PretrainDataset(split_path(root, "pretrain", "val"), tok, size)
-    evaluate = _val_loss_fn(model, val, cfg.eval_examples, cfg.batch_size)
+    evaluate = val_loss_fn(model, val, cfg.eval_examples, cfg.batch_size)
     warmup = _warm_resnet(cfg, model, root, tok)
     history, stages = [], []
     for k, (stage, steps) in enumerate(zip(cfg.stages, cfg.stage_steps())):

@@ -36,16 +36,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from mmprompt.core.atomic import atomic_dir, write_json, write_text
 from mmprompt.data import PretrainDataset, ensure_synthetic, load_tokenizer, split_path
 from mmprompt.data.mixture import MIXTURES, MixtureStream
 from mmprompt.models.ofa import PRESETS, OFAModel, save_pretrained
 from mmprompt.nano.perception import grounding_by_objects
-from mmprompt.nano.pretrain import plot_loss_curve
+from mmprompt.nano.pretrain import plot_loss_curve, val_loss_fn
 from mmprompt.nano.vision_warmup import warm_up_resnet
-from mmprompt.training import TrainConfig, load_weights, seq2seq_loss, train
+from mmprompt.training import TrainConfig, load_weights, train
 from mmprompt.training.checkpoint import load_tensors, save_tensors
 
 logger = logging.getLogger(__name__)
@@ -185,18 +184,11 @@ def finished_stages(cfg: StagedConfig) -> list[dict]:
 
 
 def _val_fn(model: OFAModel, val: PretrainDataset, n: int, batch_size: int, probe):
-    subset = Subset(val, range(min(n, len(val))))
+    """The v2 validation loss plus the grounding probe's accuracy by number of objects."""
+    val_loss = val_loss_fn(model, val, n, batch_size)
 
-    @torch.no_grad()
     def evaluate(_model) -> dict[str, float]:
-        total, tokens = 0.0, 0
-        for batch in DataLoader(subset, batch_size=batch_size, collate_fn=val.collater):
-            logits = model(**{k: batch[k] for k in ("input_ids", "patch_images", "patch_masks",
-                                                    "decoder_input_ids")}).logits
-            n_tok = int(batch["target_ids"].ne(1).sum())
-            total += float(seq2seq_loss(logits, batch["target_ids"], label_smoothing=0.0)) * n_tok
-            tokens += n_tok
-        out = {"val_loss": total / max(tokens, 1)}
+        out = val_loss(_model)
         out.update({f"ground_{objs}obj": v["acc"] for objs, v in probe(200).items()})
         return out
 
